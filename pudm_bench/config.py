@@ -1,0 +1,134 @@
+"""Typed, frozen run configuration, validated when it is built.
+
+Every invalid value raises ``ConfigError`` naming the key, the value and what is allowed, before any data is read
+or any training starts. ``TrainConfig.from_dict`` is how saved configs (``config.json`` in a run directory) and
+YAML are loaded: unknown keys are refused with a suggestion, never ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from pudm_bench.errors import ConfigError, check_keys
+from pudm_bench.losses import CORRECTIONS, METHODS, check_prior
+
+SAMPLERS = ("ddim", "ddpm")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _require(cond: bool, key: str, value: Any, expected: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}={value!r} is invalid: expected {expected}")
+
+
+def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
+    _require(value in allowed, key, value, f"one of {', '.join(allowed)}")
+
+
+def _positive_int(key: str, value: Any, minimum: int = 1) -> None:
+    _require(isinstance(value, int) and not isinstance(value, bool) and value >= minimum, key, value,
+             f"an integer >= {minimum}")
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """How to sample a trained model: ``sampler`` ddim (``steps`` configurable) or ddpm (the full chain)."""
+
+    sampler: str = "ddim"
+    steps: int = 50
+    num_images: int = 64
+    batch_size: int = 256
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _choice("sample.sampler", self.sampler, SAMPLERS)
+        _positive_int("sample.steps", self.steps)
+        _positive_int("sample.num_images", self.num_images)
+        _positive_int("sample.batch_size", self.batch_size)
+        _positive_int("sample.seed", self.seed, minimum=0)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run: which split, which method, and how to optimise.
+
+    Defaults suit the tiny digits preset on a CPU; the paper's schedule (AdamW 1e-4, 500 warm-up steps, cosine,
+    clip 1.0, fp16) is what ``budget`` presets of the sweep select for the paper's datasets.
+    """
+
+    split: str = "digits_even"
+    method: str = "unsupervised"
+    beta: float | None = None
+    correction: str = "abs"
+    eta: float | None = None
+    paper_weighting: bool = True
+    seed: int = 0
+    split_seed: int = 0
+    steps: int = 1500
+    batch_size: int = 64
+    lr: float = 1.0e-3
+    weight_decay: float = 1.0e-2
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    ema_decay: float | None = None
+    precision: str = "auto"
+    device: str = "auto"
+    model_preset: str | None = None
+    pretrained: str | None = None
+    log_every: int = 50
+    checkpoint_every: int = 500
+    data_dir: str | None = None
+    download: bool = False
+    splits_dirs: tuple[str, ...] = ()
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+    def __post_init__(self) -> None:
+        _choice("method", self.method, METHODS)
+        check_prior(self.method, self.beta)
+        _choice("correction", self.correction, CORRECTIONS)
+        if self.method != "pnu" and self.eta is not None:
+            raise ConfigError(f"method {self.method!r} does not use eta (got eta={self.eta}); drop --eta or use --method pnu")
+        if self.eta is not None:
+            _require(self.eta >= 0, "eta", self.eta, "a number >= 0")
+        _positive_int("seed", self.seed, minimum=0)
+        _positive_int("split_seed", self.split_seed, minimum=0)
+        _positive_int("steps", self.steps)
+        _positive_int("batch_size", self.batch_size, minimum=2)
+        _require(isinstance(self.lr, (int, float)) and 0 < self.lr < 1, "lr", self.lr, "a number in (0, 1), e.g. 1.0e-4")
+        _require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "a number >= 0")
+        _positive_int("warmup_steps", self.warmup_steps, minimum=0)
+        _require(self.grad_clip > 0, "grad_clip", self.grad_clip, "a number > 0")
+        if self.ema_decay is not None:
+            _require(0 < self.ema_decay < 1, "ema_decay", self.ema_decay, "a number in (0, 1), e.g. 0.999")
+        _choice("precision", self.precision, PRECISIONS)
+        _choice("device", self.device, DEVICES)
+        _positive_int("log_every", self.log_every)
+        _positive_int("checkpoint_every", self.checkpoint_every)
+
+    @property
+    def effective_eta(self) -> float:
+        return 1.0 if self.eta is None else float(self.eta)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["splits_dirs"] = list(self.splits_dirs)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "config") -> "TrainConfig":
+        names = [f.name for f in dataclasses.fields(cls)]
+        check_keys(dict(data), names, where)
+        data = dict(data)
+        if "sample" in data:
+            sample = data["sample"]
+            check_keys(sample, [f.name for f in dataclasses.fields(SampleConfig)], f"{where}.sample")
+            data["sample"] = SampleConfig(**sample)
+        if "splits_dirs" in data:
+            data["splits_dirs"] = tuple(data["splits_dirs"])
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,24 @@
+"""Datasets: the adapter interface and registry (``base``) and the built-in adapters (``datasets``)."""
+
+from pudm_bench.data.base import (
+    DatasetAdapter,
+    DatasetParts,
+    ImageSource,
+    TensorSource,
+    check_options,
+    dataset_names,
+    get_dataset,
+    register_dataset,
+)
+import pudm_bench.data.datasets  # noqa: F401  (registers the built-in adapters on import)
+
+__all__ = [
+    "DatasetAdapter",
+    "DatasetParts",
+    "ImageSource",
+    "TensorSource",
+    "check_options",
+    "dataset_names",
+    "get_dataset",
+    "register_dataset",
+]

@@ -1,0 +1,363 @@
+"""Sensitive splits: which classes of which dataset are normal and which sensitive, and how many of each go where.
+
+A split is one YAML file (``benchmarks/splits/*.yaml`` ships the paper's; users add theirs with ``--splits-dir``
+or ``PUDM_BENCH_SPLITS_PATH``). Loading validates everything that can be checked without reading pixels; building
+draws the index sets from a seed and checks the counts against the data.
+
+Built parts (all disjoint; U and the labeled sets come from the dataset's train part, the test sets from its test
+part):
+- ``unlabeled``: ``unlabeled_normal`` normal + ``unlabeled_sensitive`` sensitive images, shuffled (U);
+- ``labeled_sensitive`` (S) and, for PNU, ``labeled_normal`` (N);
+- ``normal_test`` (FID reference) and ``sensitive_test`` (to show the evaluator's own error).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import torch
+import yaml
+
+from pudm_bench.data.base import ImageSource, check_options, get_dataset
+from pudm_bench.errors import ConfigError, DataNotFoundError, check_keys, unknown_name
+from pudm_bench.models import MODEL_PRESETS
+
+BUILTIN_SPLITS_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "splits"
+SPLITS_PATH_ENV = "PUDM_BENCH_SPLITS_PATH"
+DATA_DIR_ENV = "PUDM_BENCH_DATA"
+
+# Names become directory and experiment names: keep them to a safe alphabet (no path traversal).
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,63}$")
+
+TOP_KEYS = (
+    "name", "dataset", "description", "normal_classes", "sensitive_classes", "counts",
+    "image_size", "channels", "model_preset", "dataset_options", "dataset_root",
+)
+COUNT_KEYS = (
+    "unlabeled_normal", "unlabeled_sensitive", "labeled_sensitive", "labeled_normal", "normal_test", "sensitive_test",
+)
+REQUIRED_COUNTS = ("unlabeled_normal", "unlabeled_sensitive", "labeled_sensitive", "normal_test")
+ALL = "all"
+
+
+@dataclass(frozen=True)
+class SplitCounts:
+    unlabeled_normal: int
+    unlabeled_sensitive: int
+    labeled_sensitive: int
+    normal_test: int | str
+    labeled_normal: int = 0
+    sensitive_test: int | str = ALL
+
+    @property
+    def true_prior(self) -> float:
+        """The share of sensitive images in U (what beta estimates)."""
+        return self.unlabeled_sensitive / (self.unlabeled_normal + self.unlabeled_sensitive)
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    name: str
+    dataset: str
+    normal_classes: tuple[str, ...]
+    sensitive_classes: tuple[str, ...]
+    counts: SplitCounts
+    image_size: int
+    channels: int
+    model_preset: str
+    description: str = ""
+    dataset_options: Mapping[str, Any] = field(default_factory=dict)
+    dataset_root: str | None = None
+    source: str = "<memory>"
+
+    def data_root(self, data_dir: str | Path | None) -> Path | None:
+        """Where the adapter reads from: the split's own ``dataset_root`` (relative to its file) wins."""
+        adapter = get_dataset(self.dataset)
+        if self.dataset_root is not None:
+            root = Path(self.dataset_root).expanduser()
+            if not root.is_absolute() and self.source != "<memory>":
+                root = Path(self.source).parent / root
+            return root.resolve()
+        if not adapter.needs_root:
+            return None
+        return resolve_data_dir(data_dir)
+
+
+def resolve_data_dir(data_dir: str | Path | None) -> Path:
+    """--data-dir, else $PUDM_BENCH_DATA, else ./data; always absolute (Ray workers change directory)."""
+    chosen = data_dir or os.environ.get(DATA_DIR_ENV) or "data"
+    return Path(chosen).expanduser().resolve()
+
+
+def _int(where: str, key: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{where}: {key}={value!r} is invalid: expected an integer >= {minimum}")
+    return value
+
+
+def _int_or_all(where: str, key: str, value: Any) -> int | str:
+    if value == ALL:
+        return ALL
+    return _int(where, key, value, 1)
+
+
+def _class_list(where: str, key: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where}: {key} must be a non-empty list of class names (quote names like \"0\")")
+    if len(set(value)) != len(value):
+        raise ConfigError(f"{where}: {key} lists a class twice: {value}")
+    return tuple(value)
+
+
+def parse_split(data: Any, source: str = "<memory>") -> SplitSpec:
+    """Validate one split mapping (as read from YAML) and return its spec."""
+    where = f"split file {source}"
+    check_keys(data, TOP_KEYS, where, required=("name", "dataset", "normal_classes", "sensitive_classes", "counts",
+                                                "image_size", "channels", "model_preset"))
+    name = data["name"]
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise ConfigError(f"{where}: name={name!r} is invalid: use 1-64 lowercase letters, digits, '_' or '-'")
+    where = f"split {name!r} ({source})"
+    for key in ("dataset", "model_preset"):
+        if not isinstance(data[key], str):
+            raise ConfigError(f"{where}: {key}={data[key]!r} is invalid: expected a name (a string)")
+    adapter = get_dataset(data["dataset"])
+    options = data.get("dataset_options") or {}
+    if not isinstance(options, dict):
+        raise ConfigError(f"{where}: dataset_options must be a mapping")
+    check_options(adapter, options)
+    normal = _class_list(where, "normal_classes", data["normal_classes"])
+    sensitive = _class_list(where, "sensitive_classes", data["sensitive_classes"])
+    both = sorted(set(normal) & set(sensitive))
+    if both:
+        raise ConfigError(f"{where}: class(es) {', '.join(both)} are both normal and sensitive; list each class once")
+    counts = data["counts"]
+    check_keys(counts, COUNT_KEYS, f"{where} counts", required=REQUIRED_COUNTS)
+    parsed_counts = SplitCounts(
+        unlabeled_normal=_int(where, "counts.unlabeled_normal", counts["unlabeled_normal"], 1),
+        unlabeled_sensitive=_int(where, "counts.unlabeled_sensitive", counts["unlabeled_sensitive"], 1),
+        labeled_sensitive=_int(where, "counts.labeled_sensitive", counts["labeled_sensitive"], 1),
+        labeled_normal=_int(where, "counts.labeled_normal", counts.get("labeled_normal", 0), 0),
+        normal_test=_int_or_all(where, "counts.normal_test", counts["normal_test"]),
+        sensitive_test=_int_or_all(where, "counts.sensitive_test", counts.get("sensitive_test", ALL)),
+    )
+    image_size = _int(where, "image_size", data["image_size"], 4)
+    channels = data["channels"]
+    if isinstance(channels, bool) or not isinstance(channels, int) or channels not in (1, 3):
+        raise ConfigError(f"{where}: channels={channels!r} is invalid: expected 1 or 3")
+    preset = data["model_preset"]
+    if preset not in MODEL_PRESETS:
+        raise unknown_name("model_preset", preset, MODEL_PRESETS, where)
+    dataset_root = data.get("dataset_root")
+    if dataset_root is not None and (not isinstance(dataset_root, str) or not dataset_root):
+        raise ConfigError(f"{where}: dataset_root={dataset_root!r} is invalid: expected a folder path (a string)")
+    if adapter.name == "imagefolder" and dataset_root is None:
+        raise ConfigError(f"{where}: dataset imagefolder needs dataset_root: the folder holding one sub-folder per class")
+    spec = SplitSpec(
+        name=name, dataset=adapter.name, normal_classes=normal, sensitive_classes=sensitive, counts=parsed_counts,
+        image_size=image_size, channels=channels, model_preset=preset, description=str(data.get("description", "")),
+        dataset_options=dict(options), dataset_root=dataset_root, source=source,
+    )
+    # Class names can be checked now for every dataset whose names are fixed; an image folder's are known only
+    # once the folder is there, so those are checked when the split is built.
+    if adapter.name != "imagefolder":
+        check_class_names(spec, adapter.class_names(options, None))
+    return spec
+
+
+def check_class_names(spec: SplitSpec, available: Iterable[str]) -> None:
+    available = list(available)
+    for cls in (*spec.normal_classes, *spec.sensitive_classes):
+        if cls not in available:
+            raise unknown_name(f"class of dataset {spec.dataset}", cls, available, f"split {spec.name!r} ({spec.source})")
+
+
+def load_split_file(path: str | Path) -> SplitSpec:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"split file {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"split file {path}: malformed YAML{at}; fix the syntax (check indentation and colons)") from None
+    return parse_split(data, str(path))
+
+
+def split_dirs(extra: Iterable[str | Path] = ()) -> list[Path]:
+    """Built-in splits first, then $PUDM_BENCH_SPLITS_PATH entries, then --splits-dir folders."""
+    dirs = [BUILTIN_SPLITS_DIR]
+    env = os.environ.get(SPLITS_PATH_ENV, "")
+    dirs += [Path(p) for p in env.split(os.pathsep) if p]
+    dirs += [Path(p) for p in extra]
+    return dirs
+
+
+def load_registry(extra_dirs: Iterable[str | Path] = ()) -> dict[str, SplitSpec]:
+    """Every split file in the search path, by name; a name defined twice is an error naming both files."""
+    registry: dict[str, SplitSpec] = {}
+    for directory in split_dirs(extra_dirs):
+        if not directory.is_dir():
+            if directory != BUILTIN_SPLITS_DIR:
+                raise ConfigError(f"splits directory {directory} does not exist; check --splits-dir")
+            continue
+        for path in sorted(directory.glob("*.y*ml")):
+            spec = load_split_file(path)
+            if spec.name in registry:
+                raise ConfigError(
+                    f"split name {spec.name!r} is defined twice: {registry[spec.name].source} and {path}; rename one"
+                )
+            registry[spec.name] = spec
+    return registry
+
+
+def get_split(name: str, extra_dirs: Iterable[str | Path] = ()) -> SplitSpec:
+    registry = load_registry(extra_dirs)
+    if name not in registry:
+        raise unknown_name("split", name, registry)
+    return registry[name]
+
+
+@dataclass(frozen=True)
+class BuiltSplit:
+    """The images of one split, as uint8 tensors (n, C, H, W) at the split's size and channels."""
+
+    spec: SplitSpec
+    seed: int
+    unlabeled: torch.Tensor
+    unlabeled_is_sensitive: torch.Tensor  # ground truth, for diagnostics only; training never reads it
+    labeled_sensitive: torch.Tensor
+    labeled_normal: torch.Tensor
+    normal_test: torch.Tensor
+    sensitive_test: torch.Tensor
+    indices: Mapping[str, np.ndarray]
+    fingerprint: str
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "split": self.spec.name,
+            "dataset": self.spec.dataset,
+            "split_seed": self.seed,
+            "fingerprint": self.fingerprint,
+            "unlabeled_normal": int((~self.unlabeled_is_sensitive).sum()),
+            "unlabeled_sensitive": int(self.unlabeled_is_sensitive.sum()),
+            "labeled_sensitive": len(self.labeled_sensitive),
+            "labeled_normal": len(self.labeled_normal),
+            "normal_test": len(self.normal_test),
+            "sensitive_test": len(self.sensitive_test),
+            "true_prior": round(self.spec.counts.true_prior, 6),
+            "image_shape": list(self.unlabeled.shape[1:]),
+        }
+
+
+def convert_images(images: torch.Tensor, size: int, channels: int) -> torch.Tensor:
+    """Match the split's channel count and size: grey -> RGB by repetition, RGB -> grey by ITU-R 601 luma,
+    resize with antialiased bilinear interpolation; stays uint8."""
+    if images.shape[1] == 1 and channels == 3:
+        images = images.expand(-1, 3, -1, -1)
+    elif images.shape[1] == 3 and channels == 1:
+        weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+        images = (images.float() * weights).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+    if images.shape[-2:] != (size, size):
+        resized = torch.nn.functional.interpolate(images.float(), size=(size, size), mode="bilinear",
+                                                  antialias=True, align_corners=False)
+        images = resized.round().clamp(0, 255).to(torch.uint8)
+    return images.contiguous()
+
+
+def _take(rng: np.random.Generator, pool: np.ndarray, counts: list[tuple[str, int]], where: str,
+          pool_desc: str) -> dict[str, np.ndarray]:
+    need = sum(n for _, n in counts)
+    if need > len(pool):
+        parts = " + ".join(f"{key}={n}" for key, n in counts)
+        raise ConfigError(f"{where}: {parts} = {need} but {pool_desc} holds only {len(pool)} images; lower the counts")
+    order = rng.permutation(pool)
+    out, start = {}, 0
+    for key, n in counts:
+        out[key] = np.sort(order[start:start + n])
+        start += n
+    return out
+
+
+def build_split(spec: SplitSpec, seed: int = 0, data_dir: str | Path | None = None,
+                download: bool = False) -> BuiltSplit:
+    """Draw U, S (and N), and the test sets, deterministically from ``seed``; read and convert their pixels.
+
+    numpy's PCG64 generator is used because its stream is stable across versions and platforms, so a fingerprint
+    names the same images everywhere.
+    """
+    adapter = get_dataset(spec.dataset)
+    root = spec.data_root(data_dir)
+    parts = adapter.load(root, download, spec.dataset_options)
+    class_names = list(parts.train.class_names)
+    check_class_names(spec, class_names)
+    where = f"split {spec.name!r}"
+    normal_ids = [class_names.index(c) for c in spec.normal_classes]
+    sensitive_ids = [class_names.index(c) for c in spec.sensitive_classes]
+    rng = np.random.default_rng(seed)
+
+    def pool(source: ImageSource, ids: list[int]) -> np.ndarray:
+        return np.flatnonzero(np.isin(source.labels.numpy(), ids))
+
+    counts = spec.counts
+    train_normal = _take(rng, pool(parts.train, normal_ids),
+                         [("unlabeled_normal", counts.unlabeled_normal), ("labeled_normal", counts.labeled_normal)],
+                         where, f"the train part's normal classes ({', '.join(spec.normal_classes)})")
+    train_sensitive = _take(rng, pool(parts.train, sensitive_ids),
+                            [("unlabeled_sensitive", counts.unlabeled_sensitive),
+                             ("labeled_sensitive", counts.labeled_sensitive)],
+                            where, f"the train part's sensitive classes ({', '.join(spec.sensitive_classes)})")
+    test_normal_pool = pool(parts.test, normal_ids)
+    test_sensitive_pool = pool(parts.test, sensitive_ids)
+    n_nt = len(test_normal_pool) if counts.normal_test == ALL else counts.normal_test
+    n_st = len(test_sensitive_pool) if counts.sensitive_test == ALL else counts.sensitive_test
+    test_normal = _take(rng, test_normal_pool, [("normal_test", n_nt)], where, "the test part's normal classes")
+    test_sensitive = _take(rng, test_sensitive_pool, [("sensitive_test", n_st)], where,
+                           "the test part's sensitive classes")
+    indices = {**train_normal, **train_sensitive, **test_normal, **test_sensitive}
+
+    # U is shuffled once (seeded) so that normal and sensitive images are interleaved.
+    u_idx = np.concatenate([indices["unlabeled_normal"], indices["unlabeled_sensitive"]])
+    u_truth = np.concatenate([np.zeros(len(indices["unlabeled_normal"]), bool),
+                              np.ones(len(indices["unlabeled_sensitive"]), bool)])
+    order = rng.permutation(len(u_idx))
+    u_idx, u_truth = u_idx[order], u_truth[order]
+
+    def read(source: ImageSource, idx: np.ndarray) -> torch.Tensor:
+        if len(idx) == 0:
+            return torch.zeros((0, spec.channels, spec.image_size, spec.image_size), dtype=torch.uint8)
+        return convert_images(source.images(torch.from_numpy(idx)), spec.image_size, spec.channels)
+
+    return BuiltSplit(
+        spec=spec,
+        seed=seed,
+        unlabeled=read(parts.train, u_idx),
+        unlabeled_is_sensitive=torch.from_numpy(u_truth),
+        labeled_sensitive=read(parts.train, indices["labeled_sensitive"]),
+        labeled_normal=read(parts.train, indices["labeled_normal"]),
+        normal_test=read(parts.test, indices["normal_test"]),
+        sensitive_test=read(parts.test, indices["sensitive_test"]),
+        indices={**indices, "unlabeled": u_idx},
+        fingerprint=split_fingerprint(spec, indices | {"unlabeled": u_idx}),
+    )
+
+
+def split_fingerprint(spec: SplitSpec, indices: Mapping[str, np.ndarray]) -> str:
+    """sha256 (first 16 hex digits) of the dataset, its options, the image geometry and every chosen index."""
+    payload = {
+        "dataset": spec.dataset,
+        "dataset_options": dict(sorted(spec.dataset_options.items())),
+        "image_size": spec.image_size,
+        "channels": spec.channels,
+        "indices": {k: [int(i) for i in v] for k, v in sorted(indices.items())},
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+

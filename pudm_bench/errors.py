@@ -1,0 +1,54 @@
+"""Errors users see, each one line naming the problem and the fix.
+
+Every check that rejects user input (a CLI flag, a split or search-space YAML, missing data) raises one of these;
+the CLIs print ``error: <message>`` and exit with status 2 instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Iterable
+
+
+class PudmError(Exception):
+    """Base class for errors caused by user input or the user's environment (not bugs)."""
+
+
+class ConfigError(PudmError, ValueError):
+    """A config, split or CLI value is invalid."""
+
+
+class DataNotFoundError(PudmError, FileNotFoundError):
+    """A dataset's files are not where we looked."""
+
+
+class NonFiniteLossError(PudmError, FloatingPointError):
+    """Training produced a NaN or infinite loss; the run stops instead of writing a broken model."""
+
+
+def did_you_mean(value: str, allowed: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest allowed name, or an empty string."""
+    close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def unknown_name(kind: str, value: str, allowed: Iterable[str], where: str = "") -> ConfigError:
+    """A ConfigError for a name not among ``allowed``, listing them and suggesting the closest one."""
+    allowed = sorted(str(a) for a in allowed)
+    prefix = f"{where}: " if where else ""
+    return ConfigError(
+        f"{prefix}unknown {kind} {value!r}{did_you_mean(value, allowed)}; allowed: {', '.join(allowed)}"
+    )
+
+
+def check_keys(mapping: dict, allowed: Iterable[str], where: str, required: Iterable[str] = ()) -> None:
+    """Reject keys not in ``allowed`` (with a suggestion) and report missing ``required`` keys."""
+    allowed = list(allowed)
+    if not isinstance(mapping, dict):
+        raise ConfigError(f"{where}: expected a mapping of keys to values, got {type(mapping).__name__}")
+    for key in mapping:
+        if key not in allowed:
+            raise unknown_name("key", key, allowed, where)
+    missing = [k for k in required if k not in mapping]
+    if missing:
+        raise ConfigError(f"{where}: missing required key(s) {', '.join(missing)}")

@@ -1,0 +1,449 @@
+"""The training loop for PU-DM and its baselines, and ``python -m pudm_bench.train`` for a single run.
+
+This module imports neither Ray nor MLflow: the sweep drives it through ``train(..., callbacks, prepare_model)``
+and records what the callbacks report. Reading order: data -> model and optimiser -> resume -> the step -> save.
+
+One step (Ho et al., 2020, with the per-example error the PU risk needs):
+    x0 ~ batch of U (+ S, + N for PNU), eps ~ N(0, I), t ~ U{0..999}
+    x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps        (noise_scheduler.add_noise)
+    l   = ||eps - eps_theta(x_t, t)||^2 per example     (losses.denoising_error)
+    loss = training_risk(method, l, role)               (losses.py: unsupervised / supervised / pu / pnu)
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import math
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+from diffusers.optimization import get_cosine_schedule_with_warmup
+from diffusers.training_utils import EMAModel
+
+from pudm_bench import __version__
+from pudm_bench.checkpoint import latest_checkpoint, load_checkpoint, read_checkpoint_state, save_checkpoint
+from pudm_bench.config import SampleConfig, TrainConfig
+from pudm_bench.data.splits import BuiltSplit, build_split, get_split
+from pudm_bench.errors import ConfigError, NonFiniteLossError, PudmError
+from pudm_bench.losses import LABELED_NORMAL, LABELED_SENSITIVE, UNLABELED, denoising_error, training_risk
+from pudm_bench.models import build_model, build_noise_scheduler, load_pretrained
+from pudm_bench.sampling import sample_images, save_grid, to_model_range
+
+# Config keys that may change between a run and its resumption without making the checkpoint invalid.
+RESUMABLE_CHANGES = {"steps", "log_every", "checkpoint_every", "sample", "data_dir", "download", "splits_dirs",
+                     "device"}
+
+
+class Callback:
+    """Hooks the loop calls on rank 0; override what you need (the sweep's reporter, the progress bar)."""
+
+    def on_log(self, step: int, metrics: dict[str, float]) -> None:
+        """Every ``log_every`` steps and at the last step, with metrics averaged over the interval."""
+
+    def on_checkpoint(self, step: int, path: Path) -> None:
+        """After a checkpoint is complete on disk."""
+
+
+@dataclass
+class TrainingSet:
+    """Every training image as one uint8 tensor (kept on the training device) and each one's role."""
+
+    images: torch.Tensor
+    roles: torch.Tensor
+
+    @classmethod
+    def from_split(cls, split: BuiltSplit, method: str) -> "TrainingSet":
+        """U and S concatenated (the paper's set-up: batches mix them in proportion); N only for PNU.
+
+        The unsupervised baseline keeps S in the batches with weight 0 (``losses.unsupervised_risk``), which is how
+        the paper's experiments ran it; its model never learns from S.
+        """
+        parts = [(split.unlabeled, UNLABELED), (split.labeled_sensitive, LABELED_SENSITIVE)]
+        if method == "pnu":
+            if len(split.labeled_normal) == 0:
+                raise ConfigError(
+                    f"method 'pnu' needs labeled normal data but split {split.spec.name!r} has counts.labeled_normal=0; "
+                    "add labeled_normal to the split's counts"
+                )
+            parts.append((split.labeled_normal, LABELED_NORMAL))
+        images = torch.cat([p for p, _ in parts])
+        roles = torch.cat([torch.full((len(p),), role, dtype=torch.long) for p, role in parts])
+        return cls(images, roles)
+
+    def __len__(self) -> int:
+        return len(self.roles)
+
+
+@functools.lru_cache(maxsize=2)
+def epoch_order(num_examples: int, seed: int, epoch: int) -> torch.Tensor:
+    """The example order of one epoch: a pure function of (seed, epoch), so resuming needs no data-loader state."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(num_examples, generator=generator)
+
+
+def batch_indices(num_examples: int, batch_size: int, seed: int, step: int, rank: int = 0,
+                  world_size: int = 1) -> torch.Tensor:
+    """This rank's share of the global batch for ``step`` (0-based): epochs drop their last partial batch."""
+    per_epoch = num_examples // batch_size
+    epoch, within = divmod(step, per_epoch)
+    order = epoch_order(num_examples, seed, epoch)
+    global_batch = order[within * batch_size:(within + 1) * batch_size]
+    return global_batch[rank::world_size]
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but no CUDA GPU is visible; use --device cpu or auto")
+    return torch.device(name)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """fp16 autocast on GPUs by default (the paper trained in fp16); full precision on CPUs."""
+    if precision == "auto":
+        precision = "fp16" if device.type == "cuda" else "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError("precision=fp16 needs a CUDA device; use --precision fp32 or bf16 on a CPU")
+    return {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+def _dist_info() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k not in RESUMABLE_CHANGES}
+
+
+def _check_resumable(saved: dict[str, Any], current: dict[str, Any], checkpoint: Path) -> None:
+    old, new = _comparable(saved), _comparable(current)
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if changed:
+        diffs = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
+        raise ConfigError(
+            f"{checkpoint} was written by a run with a different config ({diffs}); use another --out or --no-resume"
+        )
+
+
+@dataclass
+class TrainResult:
+    model: UNet2DModel  # unwrapped; holds the EMA weights when EMA is on
+    noise_scheduler: DDPMScheduler
+    step: int
+    resumed_from: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    train_seconds: float = 0.0
+
+
+def train(
+    config: TrainConfig,
+    split: BuiltSplit,
+    run_dir: str | Path,
+    callbacks: Sequence[Callback] = (),
+    prepare_model: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
+    resume: bool = True,
+) -> TrainResult:
+    """Train ``config.method`` on ``split`` for ``config.steps`` steps; checkpoints in ``run_dir/checkpoints``.
+
+    ``prepare_model`` wraps the model for data-parallel training (e.g. ``ray.train.torch.prepare_model``); when
+    torch.distributed is initialised each rank takes every world_size-th example of the global batch and only
+    rank 0 writes checkpoints and calls ``callbacks``. With ``resume`` the latest checkpoint in ``run_dir`` is
+    restored exactly (weights, optimizer, schedule, EMA, noise RNG), so N steps in one go and N/2 + N/2 with a
+    restart give the same weights on a CPU.
+    """
+    run_dir = Path(run_dir).resolve()
+    rank, world_size = _dist_info()
+    device = select_device(config.device)
+    if device.type == "cuda" and world_size > 1:
+        device = torch.device("cuda", torch.cuda.current_device())
+    amp_dtype = autocast_dtype(config.precision, device)
+    if config.batch_size % world_size != 0:
+        raise ConfigError(f"batch_size={config.batch_size} must be divisible by the {world_size} training workers")
+
+    data = TrainingSet.from_split(split, config.method)
+    if len(data) < config.batch_size:
+        raise ConfigError(f"batch_size={config.batch_size} exceeds the {len(data)} training images of split "
+                          f"{split.spec.name!r}; lower --batch-size")
+    images, roles = data.images.to(device), data.roles.to(device)
+
+    torch.manual_seed(config.seed)  # identical initial weights on every rank
+    spec = split.spec
+    if config.pretrained:
+        model, noise_scheduler = load_pretrained(config.pretrained, spec.image_size, spec.channels)
+    else:
+        model = build_model(config.model_preset or spec.model_preset, spec.image_size, spec.channels)
+        noise_scheduler = build_noise_scheduler()
+    model.to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    lr_scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)
+    ema = EMAModel(model.parameters(), decay=config.ema_decay) if config.ema_decay else None
+    generator = torch.Generator(device=device).manual_seed(config.seed * 7919 + 17 + rank)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+
+    saved_config = {**config.to_dict(), "split_fingerprint": split.fingerprint}
+    start_step = 0
+    checkpoint = latest_checkpoint(run_dir) if resume else None
+    if checkpoint is not None:
+        _check_resumable(read_checkpoint_state(checkpoint)["config"], saved_config, checkpoint)
+        state = load_checkpoint(checkpoint, model=model, optimizer=optimizer, lr_scheduler=lr_scheduler,
+                                generator=generator, ema=ema)
+        start_step = int(state["step"])
+        if ema is not None:
+            ema.to(device)
+
+    wrapped = prepare_model(model) if prepare_model is not None else model
+    timesteps = noise_scheduler.config.num_train_timesteps
+    alphas_cumprod = noise_scheduler.alphas_cumprod.to(device)
+    is_pu = config.method in ("pu", "pnu")
+
+    # Interval sums stay on the device; one host sync per log interval instead of one per step.
+    totals = torch.zeros(5, device=device)  # loss, R+, R-, [R- < 0], grad norm
+    interval_steps = 0
+    metrics: dict[str, float] = {}
+    start_time = time.perf_counter()
+    step = start_step
+    for step in range(start_step + 1, config.steps + 1):
+        idx = batch_indices(len(data), config.batch_size, config.seed, step - 1, rank, world_size).to(device)
+        x0 = to_model_range(images[idx])
+        role = roles[idx]
+        noise = torch.randn(x0.shape, generator=generator, device=device)
+        t = torch.randint(0, timesteps, (x0.shape[0],), generator=generator, device=device)
+        abar = alphas_cumprod[t].view(-1, 1, 1, 1)
+        x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * noise  # = noise_scheduler.add_noise, without its per-call copy
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            eps_pred = wrapped(x_t, t).sample
+        error = denoising_error(eps_pred, noise)
+        risk = training_risk(config.method, error, role, beta=config.beta, correction=config.correction,
+                             eta=config.effective_eta, paper_weighting=config.paper_weighting)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(risk.loss).backward()
+        scaler.unscale_(optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        lr_scheduler.step()
+        if ema is not None:
+            ema.step(model.parameters())
+
+        totals += torch.stack([
+            risk.loss.detach(),
+            risk.positive_risk.detach(),
+            risk.negative_risk.detach(),
+            (risk.negative_risk.detach() < 0).float(),
+            grad_norm.detach().float(),
+        ])
+        interval_steps += 1
+        is_last = step == config.steps
+        if step % config.log_every == 0 or step % config.checkpoint_every == 0 or is_last:
+            values = (totals / interval_steps).tolist()
+            if not math.isfinite(values[0]):
+                raise NonFiniteLossError(
+                    f"non-finite loss ({values[0]}) between steps {step - interval_steps + 1} and {step} of "
+                    f"{config.method} (lr={config.lr}); lower --lr or raise --warmup-steps (no checkpoint written)"
+                )
+            metrics = {"loss": values[0], "grad_norm": values[4], "lr": lr_scheduler.get_last_lr()[0],
+                       "step": float(step), "elapsed_s": time.perf_counter() - start_time}
+            if config.method != "unsupervised":
+                metrics["positive_risk"] = values[1]
+                metrics["negative_risk"] = values[2]
+            if is_pu:
+                metrics["negative_risk_below_zero_share"] = values[3]
+            totals.zero_()
+            interval_steps = 0
+            if rank == 0:
+                for callback in callbacks:
+                    callback.on_log(step, dict(metrics))
+        if rank == 0 and (step % config.checkpoint_every == 0 or is_last):
+            path = save_checkpoint(run_dir, step, model=model, optimizer=optimizer, lr_scheduler=lr_scheduler,
+                                   generator=generator, ema=ema, config=saved_config)
+            for callback in callbacks:
+                callback.on_checkpoint(step, path)
+
+    train_seconds = time.perf_counter() - start_time
+    if ema is not None:
+        ema.copy_to(model.parameters())
+    model.eval()
+    return TrainResult(model=model, noise_scheduler=noise_scheduler, step=step, resumed_from=start_step,
+                       metrics=metrics, train_seconds=train_seconds)
+
+
+def save_pipeline(result: TrainResult, run_dir: Path) -> Path:
+    """The trained model as a diffusers pipeline: ``DDPMPipeline.from_pretrained(run_dir / "pipeline")``."""
+    path = Path(run_dir) / "pipeline"
+    DDPMPipeline(unet=result.model, scheduler=result.noise_scheduler).save_pretrained(str(path))
+    return path
+
+
+def environment_info() -> dict[str, str]:
+    import diffusers
+
+    return {"pudm_bench": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
+            "python": platform.python_version(), "platform": platform.platform()}
+
+
+class JsonlLog(Callback):
+    """Appends every logged metric dict to ``train_log.jsonl`` in the run directory."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_log(self, step: int, metrics: dict[str, float]) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps({"step": step, **metrics}) + "\n")
+
+
+class ProgressBar(Callback):
+    def __init__(self, total: int, initial: int) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, file=sys.stderr)
+
+    def on_log(self, step: int, metrics: dict[str, float]) -> None:
+        self.bar.update(step - self.bar.n)
+        shown = {k: f"{metrics[k]:.4g}" for k in ("loss", "positive_risk", "negative_risk") if k in metrics}
+        self.bar.set_postfix(shown, refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def default_run_dir(config: TrainConfig) -> Path:
+    parts = [config.split, config.method]
+    if config.method in ("pu", "pnu"):
+        parts += [config.correction, f"b{config.beta:g}"]
+    return Path("runs") / ("_".join(parts) + f"_s{config.seed}")
+
+
+def run(config: TrainConfig, run_dir: Path, resume: bool = True, progress: bool = True) -> dict[str, Any]:
+    """Build the split, train, save the pipeline, sample a grid; returns (and writes) ``metrics.json``."""
+    spec = get_split(config.split, config.splits_dirs)
+    split = build_split(spec, seed=config.split_seed, data_dir=config.data_dir, download=config.download)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resolved = {"config": config.to_dict(), "split": split.summary(), "environment": environment_info()}
+    (run_dir / "config.json").write_text(json.dumps(resolved, indent=2))
+    start = latest_checkpoint(run_dir) if resume else None
+    start_step = int(read_checkpoint_state(start)["step"]) if start is not None else 0
+    callbacks: list[Callback] = [JsonlLog(run_dir / "train_log.jsonl")]
+    bar = ProgressBar(config.steps, start_step) if progress else None
+    if bar is not None:
+        callbacks.append(bar)
+    try:
+        result = train(config, split, run_dir, callbacks=callbacks, resume=resume)
+    finally:
+        if bar is not None:
+            bar.close()
+    save_pipeline(result, run_dir)
+    sample_start = time.perf_counter()
+    samples = sample_images(result.model, result.noise_scheduler, num_images=config.sample.num_images,
+                            sampler=config.sample.sampler, steps=config.sample.steps,
+                            batch_size=config.sample.batch_size, seed=config.sample.seed,
+                            device=next(result.model.parameters()).device)
+    grid = save_grid(samples, run_dir / "samples.png")
+    metrics = {
+        "split": split.spec.name,
+        "split_fingerprint": split.fingerprint,
+        "method": config.method,
+        "steps": result.step,
+        "resumed_from_step": result.resumed_from,
+        "train_seconds": round(result.train_seconds, 3),
+        "sample_seconds": round(time.perf_counter() - sample_start, 3),
+        "final_train_metrics": result.metrics,
+        "samples": {"path": grid.name, "count": int(samples.shape[0]), "sampler": config.sample.sampler,
+                    "steps": config.sample.steps, "seed": config.sample.seed},
+    }
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = TrainConfig()
+    s = SampleConfig()
+    p = argparse.ArgumentParser(
+        prog="python -m pudm_bench.train",
+        description="Train one PU-DM model (or a baseline) on a sensitive split, sample from it, save a checkpoint, "
+                    "a diffusers pipeline, a PNG grid and metrics.json.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--split", default=d.split, help="registered split name (python -m pudm_bench.splits list)")
+    p.add_argument("--splits-dir", action="append", default=[], metavar="DIR", help="extra folder of split YAMLs (repeatable)")
+    p.add_argument("--method", default="pu", choices=["unsupervised", "supervised", "pu", "pnu"])
+    p.add_argument("--beta", type=float, default=None, help="class prior in (0, 1); required for pu/pnu, refused otherwise")
+    p.add_argument("--correction", default=d.correction, choices=["abs", "max"], help="absPU or nnPU correction")
+    p.add_argument("--eta", type=float, default=None, help="weight of the labeled-normal term (pnu only; default 1.0)")
+    p.add_argument("--equal-weighting", action="store_true",
+                   help="baselines weight S equally with U instead of the paper's per-batch weighting")
+    p.add_argument("--seed", type=int, default=d.seed, help="training seed (init, noise, data order)")
+    p.add_argument("--split-seed", type=int, default=d.split_seed, help="seed that draws the split's images")
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
+    p.add_argument("--grad-clip", type=float, default=d.grad_clip)
+    p.add_argument("--ema-decay", type=float, default=None, help="EMA of weights (e.g. 0.999); off by default")
+    p.add_argument("--precision", default=d.precision, choices=["auto", "fp32", "fp16", "bf16"])
+    p.add_argument("--device", default=d.device, choices=["auto", "cpu", "cuda"])
+    p.add_argument("--model-preset", default=None, help="override the split's model preset (digits, small, paper, paper256)")
+    p.add_argument("--pretrained", default=None, metavar="DIR_OR_HUB_ID", help="fine-tune this diffusers UNet/pipeline")
+    p.add_argument("--log-every", type=int, default=d.log_every)
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    p.add_argument("--data-dir", default=None, help="folder holding downloaded datasets (default $PUDM_BENCH_DATA or ./data)")
+    p.add_argument("--download", action="store_true", help="download the dataset if missing (needs internet)")
+    p.add_argument("--sampler", default=s.sampler, choices=["ddim", "ddpm"])
+    p.add_argument("--sample-steps", type=int, default=s.steps)
+    p.add_argument("--num-samples", type=int, default=s.num_images)
+    p.add_argument("--sample-seed", type=int, default=s.seed)
+    p.add_argument("--out", default=None, help="run directory (default runs/<split>_<method>..._s<seed>); re-running resumes")
+    p.add_argument("--no-resume", action="store_true", help="ignore checkpoints already in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and where results go, then exit")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(
+        split=args.split, method=args.method, beta=args.beta, correction=args.correction, eta=args.eta,
+        paper_weighting=not args.equal_weighting, seed=args.seed, split_seed=args.split_seed, steps=args.steps,
+        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
+        grad_clip=args.grad_clip, ema_decay=args.ema_decay, precision=args.precision, device=args.device,
+        model_preset=args.model_preset, pretrained=args.pretrained, log_every=args.log_every,
+        checkpoint_every=args.checkpoint_every,
+        data_dir=str(Path(args.data_dir).resolve()) if args.data_dir else None, download=args.download,
+        splits_dirs=tuple(str(Path(p).resolve()) for p in args.splits_dir),
+        sample=SampleConfig(sampler=args.sampler, steps=args.sample_steps, num_images=args.num_samples,
+                            seed=args.sample_seed),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = config_from_args(args)
+        spec = get_split(config.split, config.splits_dirs)  # fail on a bad split before anything is written
+        run_dir = Path(args.out) if args.out else default_run_dir(config)
+        if args.dry_run:
+            print(json.dumps({"config": config.to_dict(), "split_file": spec.source,
+                              "run_dir": str(run_dir.resolve())}, indent=2))
+            return 0
+        metrics = run(config, run_dir.resolve(), resume=not args.no_resume, progress=not args.no_progress)
+    except PudmError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(metrics, indent=2))
+    print(f"run directory: {run_dir.resolve()}  (samples.png, pipeline/, checkpoints/, metrics.json)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
