@@ -128,11 +128,14 @@ def parse_split(data: Any, source: str = "<memory>") -> SplitSpec:
     for key in ("dataset", "model_preset"):
         if not isinstance(data[key], str):
             raise ConfigError(f"{where}: {key}={data[key]!r} is invalid: expected a name (a string)")
-    adapter = get_dataset(data["dataset"])
     options = data.get("dataset_options") or {}
     if not isinstance(options, dict):
         raise ConfigError(f"{where}: dataset_options must be a mapping")
-    check_options(adapter, options)
+    try:  # the adapter's own messages do not say which file they came from
+        adapter = get_dataset(data["dataset"])
+        check_options(adapter, options)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
     normal = _class_list(where, "normal_classes", data["normal_classes"])
     sensitive = _class_list(where, "sensitive_classes", data["sensitive_classes"])
     both = sorted(set(normal) & set(sensitive))
@@ -168,7 +171,11 @@ def parse_split(data: Any, source: str = "<memory>") -> SplitSpec:
     # Class names can be checked now for every dataset whose names are fixed; an image folder's are known only
     # once the folder is there, so those are checked when the split is built.
     if adapter.name != "imagefolder":
-        check_class_names(spec, adapter.class_names(options, None))
+        try:
+            available = adapter.class_names(options, None)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        check_class_names(spec, available)
     return spec
 
 
