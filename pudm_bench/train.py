@@ -43,13 +43,14 @@ RESUMABLE_CHANGES = {"steps", "log_every", "checkpoint_every", "sample", "data_d
 
 
 class Callback:
-    """Hooks the loop calls on rank 0; override what you need (the sweep's reporter, the progress bar)."""
+    """Hooks the loop calls on every rank at the same steps (Ray Train's report is a barrier across workers);
+    override what you need (the sweep's reporter, the progress bar)."""
 
     def on_log(self, step: int, metrics: dict[str, float]) -> None:
-        """Every ``log_every`` steps and at the last step, with metrics averaged over the interval."""
+        """Every ``log_every`` steps and at the last step, with this rank's metrics averaged over the interval."""
 
-    def on_checkpoint(self, step: int, path: Path) -> None:
-        """After a checkpoint is complete on disk."""
+    def on_checkpoint(self, step: int, path: Path | None) -> None:
+        """After a checkpoint is complete on disk (rank 0 writes it; other ranks get ``path=None``)."""
 
 
 @dataclass
@@ -158,7 +159,7 @@ def train(
 
     ``prepare_model`` wraps the model for data-parallel training (e.g. ``ray.train.torch.prepare_model``); when
     torch.distributed is initialised each rank takes every world_size-th example of the global batch and only
-    rank 0 writes checkpoints and calls ``callbacks``. With ``resume`` the latest checkpoint in ``run_dir`` is
+    rank 0 writes checkpoints. With ``resume`` the latest checkpoint in ``run_dir`` is
     restored exactly (weights, optimizer, schedule, EMA, noise RNG), so N steps in one go and N/2 + N/2 with a
     restart give the same weights on a CPU.
     """
@@ -261,12 +262,13 @@ def train(
                 metrics["negative_risk_below_zero_share"] = values[3]
             totals.zero_()
             interval_steps = 0
+            for callback in callbacks:
+                callback.on_log(step, dict(metrics))
+        if step % config.checkpoint_every == 0 or is_last:
+            path = None
             if rank == 0:
-                for callback in callbacks:
-                    callback.on_log(step, dict(metrics))
-        if rank == 0 and (step % config.checkpoint_every == 0 or is_last):
-            path = save_checkpoint(run_dir, step, model=model, optimizer=optimizer, lr_scheduler=lr_scheduler,
-                                   generator=generator, ema=ema, config=saved_config)
+                path = save_checkpoint(run_dir, step, model=model, optimizer=optimizer, lr_scheduler=lr_scheduler,
+                                       generator=generator, ema=ema, config=saved_config)
             for callback in callbacks:
                 callback.on_checkpoint(step, path)
 

@@ -23,3 +23,39 @@ def relaxed_md5(monkeypatch: pytest.MonkeyPatch) -> None:
 
     for module in (cifar, stl10, celeba):
         monkeypatch.setattr(module, "check_integrity", exists_only)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def isolated_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Referees and FID statistics go to a per-session folder, never the user's ~/.cache; datasets and Inception
+    weights are looked for in empty folders unless a test says otherwise; the digits referee is trained once per
+    session."""
+    import os
+
+    cache = tmp_path_factory.mktemp("pudm_cache")
+    data = tmp_path_factory.mktemp("pudm_data")
+    torch_home = tmp_path_factory.mktemp("torch_home")  # no Inception weights unless a test puts them there
+    old = {k: os.environ.get(k) for k in ("PUDM_BENCH_CACHE", "PUDM_BENCH_DATA", "TORCH_HOME")}
+    os.environ["PUDM_BENCH_CACHE"] = str(cache)
+    os.environ["PUDM_BENCH_DATA"] = str(data)
+    os.environ["TORCH_HOME"] = str(torch_home)
+    yield cache
+    for key, value in old.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def digits_even_split():
+    from pudm_bench.data.splits import build_split, get_split
+
+    return build_split(get_split("digits_even"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def digits_referee(digits_even_split):
+    from pudm_bench.referee import get_referee
+
+    return get_referee(digits_even_split.spec)

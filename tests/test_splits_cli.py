@@ -179,7 +179,7 @@ def test_validate_bad_user_file(capsys, tmp_path, change, words):
 
 
 def test_validate_counts_against_the_data(capsys, tmp_path):
-    # Valid schema, but digits has only 145 threes in the train part.
+    # Valid schema, but digits has only 131 threes in the train part.
     path = write(tmp_path, user_split(counts={"unlabeled_normal": 500, "unlabeled_sensitive": 5,
                                                "labeled_sensitive": 5, "normal_test": "all"}))
     status, _, err = run(capsys, "validate", str(path))

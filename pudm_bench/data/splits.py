@@ -38,8 +38,11 @@ _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,63}$")
 
 TOP_KEYS = (
     "name", "dataset", "description", "normal_classes", "sensitive_classes", "counts",
-    "image_size", "channels", "model_preset", "dataset_options", "dataset_root",
+    "image_size", "channels", "model_preset", "dataset_options", "dataset_root", "quality_metric",
 )
+# The quality objective a split is scored on by default: Inception FID for the paper's datasets; the referee's
+# feature space (cheap on a CPU) where Inception features mean little, e.g. 8x8 digits.
+QUALITY_METRICS = ("fid", "fd_classifier")
 COUNT_KEYS = (
     "unlabeled_normal", "unlabeled_sensitive", "labeled_sensitive", "labeled_normal", "normal_test", "sensitive_test",
 )
@@ -75,6 +78,7 @@ class SplitSpec:
     description: str = ""
     dataset_options: Mapping[str, Any] = field(default_factory=dict)
     dataset_root: str | None = None
+    quality_metric: str = "fid"
     source: str = "<memory>"
 
     def data_root(self, data_dir: str | Path | None) -> Path | None:
@@ -105,7 +109,9 @@ def _int(where: str, key: str, value: Any, minimum: int) -> int:
 def _int_or_all(where: str, key: str, value: Any) -> int | str:
     if value == ALL:
         return ALL
-    return _int(where, key, value, 1)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{where}: {key}={value!r} is invalid: expected an integer >= 1 or \"all\"")
+    return value
 
 
 def _class_list(where: str, key: str, value: Any) -> tuple[str, ...]:
@@ -159,6 +165,9 @@ def parse_split(data: Any, source: str = "<memory>") -> SplitSpec:
     if preset not in MODEL_PRESETS:
         raise unknown_name("model_preset", preset, MODEL_PRESETS, where)
     dataset_root = data.get("dataset_root")
+    quality = data.get("quality_metric", "fid")
+    if quality not in QUALITY_METRICS:
+        raise unknown_name("quality_metric", quality, QUALITY_METRICS, where)
     if dataset_root is not None and (not isinstance(dataset_root, str) or not dataset_root):
         raise ConfigError(f"{where}: dataset_root={dataset_root!r} is invalid: expected a folder path (a string)")
     if adapter.name == "imagefolder" and dataset_root is None:
@@ -166,7 +175,7 @@ def parse_split(data: Any, source: str = "<memory>") -> SplitSpec:
     spec = SplitSpec(
         name=name, dataset=adapter.name, normal_classes=normal, sensitive_classes=sensitive, counts=parsed_counts,
         image_size=image_size, channels=channels, model_preset=preset, description=str(data.get("description", "")),
-        dataset_options=dict(options), dataset_root=dataset_root, source=source,
+        dataset_options=dict(options), dataset_root=dataset_root, quality_metric=quality, source=source,
     )
     # Class names can be checked now for every dataset whose names are fixed; an image folder's are known only
     # once the folder is there, so those are checked when the split is built.
@@ -214,7 +223,8 @@ def load_registry(extra_dirs: Iterable[str | Path] = ()) -> dict[str, SplitSpec]
     for directory in split_dirs(extra_dirs):
         if not directory.is_dir():
             if directory != BUILTIN_SPLITS_DIR:
-                raise ConfigError(f"splits directory {directory} does not exist; check --splits-dir")
+                raise ConfigError(f"splits directory {directory} does not exist; check --splits-dir and "
+                                  f"${SPLITS_PATH_ENV}")
             continue
         for path in sorted(directory.glob("*.y*ml")):
             spec = load_split_file(path)

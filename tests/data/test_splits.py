@@ -211,7 +211,8 @@ def test_train_sets_never_share_an_index(digits):
     assert len(u) == len(idx["unlabeled"]) == 800  # no image twice inside U either
     assert len(s) == 400 and len(n) == 200
     assert not u & s and not u & n and not s & n
-    assert set(idx["unlabeled"].tolist()) == set(idx["unlabeled_normal"].tolist()) | set(idx["unlabeled_sensitive"].tolist())
+    u_parts = set(idx["unlabeled_normal"].tolist()) | set(idx["unlabeled_sensitive"].tolist())
+    assert set(idx["unlabeled"].tolist()) == u_parts
     # Test indices index the test part: they address images of the test part (pixels match there).
     assert max(idx["normal_test"].max(), idx["sensitive_test"].max()) < len(digits.test_labels)
     assert np.array_equal(built.normal_test.numpy(), digits.test_pixels[idx["normal_test"]])
@@ -439,7 +440,8 @@ def test_shipped_splits_load_with_the_paper_counts():
         assert spec.dataset == name.split("_")[0]
     assert registry["cifar10_vehicles"].normal_classes == ("airplane", "automobile", "ship", "truck")
     assert registry["stl10_vehicles"].normal_classes == ("airplane", "car", "ship", "truck")
-    assert registry["celeba_male"].normal_classes == ("male",) and registry["celeba_male"].sensitive_classes == ("female",)
+    assert registry["celeba_male"].normal_classes == ("male",)
+    assert registry["celeba_male"].sensitive_classes == ("female",)
     assert (registry["mnist_even"].channels, registry["mnist_even"].image_size) == (3, 32)
     assert (registry["celeba_female"].image_size, registry["celeba_female"].model_preset) == (256, "paper256")
 
@@ -679,7 +681,8 @@ def test_rgb_to_grey_uses_luma_weights():
     grey = convert_images(rgb, 2, 1)
     assert grey.dtype == torch.uint8 and tuple(grey.shape) == (4, 1, 2, 2)
     # ITU-R 601: 0.299 R + 0.587 G + 0.114 B, rounded.
-    expected = [round(0.299 * 255), round(0.587 * 255), round(0.114 * 255), round(0.299 * 10 + 0.587 * 200 + 0.114 * 40)]
+    expected = [round(0.299 * 255), round(0.587 * 255), round(0.114 * 255),
+                round(0.299 * 10 + 0.587 * 200 + 0.114 * 40)]
     assert expected == [76, 150, 29, 125]
     assert grey[:, 0, 0, 0].tolist() == expected
     assert (grey == grey[:, :, :1, :1]).all()  # uniform images stay uniform

@@ -1,0 +1,217 @@
+"""Scoring a trained model: non-sensitive rate (with its interval), FID and the referee-feature Fréchet distance.
+
+``evaluate_model`` is what sweep trials call; ``python -m pudm_bench.evaluate --run DIR`` scores a run directory
+written by ``pudm_bench.train`` and writes ``DIR/eval.json``.
+
+- non_sensitive_rate: the share of N generated images the split's referee (``referee.py``) calls normal, with a
+  95% Wilson score interval (Wilson, 1927). Reported beside the referee's own rates on real normal and real
+  sensitive test images, so a reader sees the referee's error next to the model's score.
+- fid: Fréchet distance of Inception pool3 features (pytorch-fid) to the split's normal test images (``fid.py``).
+- fd_classifier: the same Fréchet distance in the referee's penultimate features; cheap on a CPU, so it is the
+  quality objective of the digits splits, where Inception features of 8x8 images mean little.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from diffusers import DDPMScheduler, UNet2DModel
+
+from pudm_bench.config import SAMPLERS, TrainConfig
+from pudm_bench.data.splits import QUALITY_METRICS, BuiltSplit, build_split, get_split
+from pudm_bench.errors import ConfigError, DataNotFoundError, PudmError
+from pudm_bench.fid import fid as inception_fid
+from pudm_bench.fid import frechet_distance, resolve_fid_weights
+from pudm_bench.referee import Referee, check_referee, get_referee
+from pudm_bench.sampling import sample_images
+
+FID_CHOICES = ("auto", "on", "off")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How to score a model. ``fid``: auto = compute Inception FID when weights are found (or when it is the
+    quality objective, which then requires them); on = required; off = never."""
+
+    num_samples: int = 500
+    sampler: str = "ddim"
+    sample_steps: int = 50
+    sample_seed: int = 1234
+    sample_batch_size: int = 500
+    quality_metric: str | None = None  # None: the split's own setting
+    fid: str = "auto"
+    fid_weights: str | None = None
+    fid_dims: int = 2048
+    referee_path: str | None = None
+    referee_floor: float = 0.9
+    referee_epochs: int | None = None
+    cache_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.num_samples < 2:
+            raise ConfigError(f"num_samples={self.num_samples} is invalid: expected an integer >= 2")
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(f"sampler={self.sampler!r} is invalid: expected one of {', '.join(SAMPLERS)}")
+        if self.quality_metric is not None and self.quality_metric not in QUALITY_METRICS:
+            raise ConfigError(f"quality_metric={self.quality_metric!r} is invalid: expected one of {', '.join(QUALITY_METRICS)}")
+        if self.fid not in FID_CHOICES:
+            raise ConfigError(f"fid={self.fid!r} is invalid: expected one of {', '.join(FID_CHOICES)}")
+        if not 0.0 <= self.referee_floor <= 1.0:
+            raise ConfigError(f"referee_floor={self.referee_floor} is invalid: expected a number in [0, 1]")
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """95% Wilson score interval for a binomial proportion; unlike p +- z*se it stays inside [0, 1] and is
+    sensible at p = 0 or 1 (where non-sensitive rates of good models live)."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = successes / n
+    denom = 1 + z * z / n
+    center = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, center - half), min(1.0, center + half))
+
+
+def normal_rate(referee: Referee, images: torch.Tensor) -> tuple[float, int]:
+    """Share of ``images`` the referee assigns to the normal group (group 0), and the count."""
+    if len(images) == 0:
+        return float("nan"), 0
+    called_normal = int((referee.predict(images) == 0).sum())
+    return called_normal / len(images), called_normal
+
+
+def score_images(samples: torch.Tensor, split: BuiltSplit, config: EvalConfig, referee: Referee,
+                 device: torch.device | str = "cpu") -> dict[str, Any]:
+    """All metrics of generated uint8 images against the split (the part shared by models and tests)."""
+    quality = config.quality_metric or split.spec.quality_metric
+    start = time.perf_counter()
+    rate, called_normal = normal_rate(referee, samples)
+    low, high = wilson_interval(called_normal, len(samples))
+    real_normal, _ = normal_rate(referee, split.normal_test)
+    real_sensitive, _ = normal_rate(referee, split.sensitive_test)
+    metrics: dict[str, Any] = {
+        "non_sensitive_rate": rate,
+        "non_sensitive_rate_ci_low": low,
+        "non_sensitive_rate_ci_high": high,
+        "num_samples": int(len(samples)),
+        "referee_balanced_accuracy": referee.balanced_accuracy,
+        "referee_normal_rate_on_real_normal": real_normal,
+        "referee_normal_rate_on_real_sensitive": real_sensitive,
+        "quality_metric": quality,
+    }
+    metrics["fd_classifier"] = frechet_distance(referee.features(samples), referee.features(split.normal_test))
+    metrics["referee_seconds"] = round(time.perf_counter() - start, 3)
+    want_fid = config.fid == "on" or quality == "fid"
+    if want_fid or config.fid == "auto":
+        try:
+            weights, provenance = resolve_fid_weights(config.fid_weights)
+        except DataNotFoundError:
+            if want_fid:
+                raise
+            weights = None
+        if weights is not None:
+            start = time.perf_counter()
+            metrics["fid"] = inception_fid(
+                samples, split.normal_test, cache_key=f"{split.spec.name}-{split.fingerprint}-normal_test",
+                weights_path=weights, dims=config.fid_dims, cache_dir=config.cache_dir, device=device,
+            )
+            metrics["fid_dims"] = config.fid_dims
+            metrics["fid_weights"] = provenance
+            metrics["fid_seconds"] = round(time.perf_counter() - start, 3)
+    metrics["quality"] = metrics[quality]
+    return metrics
+
+
+def evaluate_model(model, noise_scheduler, split: BuiltSplit, config: EvalConfig, data_dir: str | None = None,
+                   download: bool = False, device: torch.device | str | None = None) -> dict[str, Any]:
+    """Sample ``config.num_samples`` images and score them (the function every sweep trial calls)."""
+    referee = get_referee(split.spec, data_dir=data_dir, download=download, cache_dir=config.cache_dir,
+                          path=config.referee_path, epochs=config.referee_epochs)
+    check_referee(referee, config.referee_floor)  # refuse before spending time on sampling
+    device = device or next(model.parameters()).device
+    start = time.perf_counter()
+    samples = sample_images(model, noise_scheduler, num_images=config.num_samples, sampler=config.sampler,
+                            steps=config.sample_steps, batch_size=config.sample_batch_size,
+                            seed=config.sample_seed, device=device)
+    sample_seconds = time.perf_counter() - start
+    metrics = score_images(samples, split, config, referee, device=device)
+    metrics.update({"sample_seconds": round(sample_seconds, 3), "sampler": config.sampler,
+                    "sample_steps": config.sample_steps, "split_fingerprint": split.fingerprint})
+    return metrics
+
+
+def evaluate_run(run_dir: str | Path, config: EvalConfig, device: str | None = None) -> dict[str, Any]:
+    """Score a run directory written by ``pudm_bench.train``; writes and returns ``eval.json``."""
+    run_dir = Path(run_dir).resolve()
+    resolved_path, pipeline_dir = run_dir / "config.json", run_dir / "pipeline"
+    if not resolved_path.is_file() or not pipeline_dir.is_dir():
+        raise ConfigError(f"{run_dir} is not a finished training run (needs config.json and pipeline/); "
+                          "train one with python -m pudm_bench.train")
+    resolved = json.loads(resolved_path.read_text())
+    train_config = TrainConfig.from_dict(resolved["config"], where=str(resolved_path))
+    spec = get_split(train_config.split, train_config.splits_dirs)
+    split = build_split(spec, seed=train_config.split_seed, data_dir=train_config.data_dir)
+    if split.fingerprint != resolved["split"]["fingerprint"]:
+        raise ConfigError(f"split {spec.name!r} now builds fingerprint {split.fingerprint}, but the run was trained on "
+                          f"{resolved['split']['fingerprint']}; the split file or data changed since training")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = UNet2DModel.from_pretrained(str(pipeline_dir / "unet")).to(device).eval()
+    noise_scheduler = DDPMScheduler.from_pretrained(str(pipeline_dir / "scheduler"))
+    metrics = evaluate_model(model, noise_scheduler, split, config, data_dir=train_config.data_dir, device=device)
+    metrics["eval_config"] = asdict(config)
+    (run_dir / "eval.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = EvalConfig()
+    p = argparse.ArgumentParser(
+        prog="python -m pudm_bench.evaluate",
+        description="Score a trained run: non-sensitive rate (95% Wilson interval), fd_classifier and Inception "
+                    "FID; writes RUN/eval.json.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--run", required=True, metavar="DIR", help="run directory written by python -m pudm_bench.train")
+    p.add_argument("--num-samples", type=int, default=d.num_samples, help="images to generate and score")
+    p.add_argument("--sampler", default=d.sampler, choices=SAMPLERS)
+    p.add_argument("--sample-steps", type=int, default=d.sample_steps, help="sampler steps (1000 = the full DDPM chain)")
+    p.add_argument("--sample-seed", type=int, default=d.sample_seed)
+    p.add_argument("--quality", default=None, choices=QUALITY_METRICS, help="quality objective (default: the split's)")
+    p.add_argument("--fid", default=d.fid, choices=FID_CHOICES, help="auto: compute FID when Inception weights are found")
+    p.add_argument("--fid-weights", default=None, metavar="PATH", help="pytorch-fid Inception weights file")
+    p.add_argument("--fid-dims", type=int, default=d.fid_dims, choices=[64, 192, 768, 2048], help="Inception feature block")
+    p.add_argument("--referee", default=None, metavar="PATH", help="use this referee checkpoint instead of the cached one")
+    p.add_argument("--referee-floor", type=float, default=d.referee_floor, help="refuse to score below this held-out balanced accuracy")
+    p.add_argument("--referee-epochs", type=int, default=None, help="epochs when the referee has to be trained")
+    p.add_argument("--cache-dir", default=None, help="referee and FID-statistics cache (default $PUDM_BENCH_CACHE or ~/.cache/pudm_bench)")
+    p.add_argument("--device", default=None, choices=["cpu", "cuda"])
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = EvalConfig(num_samples=args.num_samples, sampler=args.sampler, sample_steps=args.sample_steps,
+                            sample_seed=args.sample_seed, quality_metric=args.quality, fid=args.fid,
+                            fid_weights=args.fid_weights, fid_dims=args.fid_dims, referee_path=args.referee,
+                            referee_floor=args.referee_floor, referee_epochs=args.referee_epochs,
+                            cache_dir=args.cache_dir)
+        metrics = evaluate_run(args.run, config, device=args.device)
+    except PudmError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    shown = {k: v for k, v in metrics.items() if k != "eval_config"}
+    print(json.dumps(shown, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

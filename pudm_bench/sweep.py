@@ -1,0 +1,679 @@
+"""``python -m pudm_bench.sweep``: Ray Tune + Optuna multi-objective search over PU-DM, Ray Train workers per
+trial, everything recorded in MLflow. The only module that imports Ray.
+
+Structure (Ray 2.60, Train V2 inside Tune):
+- the driver (``run_sweep``) validates everything first (split, data, search space, referee, FID weights,
+  tracking store), then runs a ``Tuner`` whose searcher is Optuna (two objectives: non-sensitive rate up,
+  quality down) wrapped so the baselines run first with the same budget;
+- each Tune trial is a function trainable (``run_trial``) that builds a ``TorchTrainer`` and calls ``fit()``;
+  ``TuneReportCallback`` turns rank 0's ``ray.train.report`` calls into Tune results;
+- each Train worker (``train_worker``) runs ``pudm_bench.train.train`` (DDP through ``prepare_model``), reports
+  training curves and checkpoints, then rank 0 scores the model (``evaluate.evaluate_model``) and every rank reports
+  the final objectives together with a checkpoint holding the samples, the scores and the trained pipeline;
+- a Tune callback in the driver (``TrackingCallback``) writes MLflow child runs keyed by trial id, so a resumed
+  trial never gets a second run.
+
+Storage layout (``--storage``, default ``./pudm_runs``): ``<storage>/<sweep name>/`` holds ``sweep.json`` (the
+resolved settings), ``tune/`` (Tune's experiment state, for ``--resume``), ``train/trial-<id>/`` (Ray Train
+checkpoints, so a retried or resumed trial continues from its last one) and ``cache/`` (referee, FID statistics).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+import ray
+import ray.train
+import ray.train.torch
+from ray import tune
+from ray.tune.search import Searcher
+
+from pudm_bench import __version__
+from pudm_bench.budgets import BUDGETS, Budget, budget_for
+from pudm_bench.config import SampleConfig, TrainConfig
+from pudm_bench.data.splits import QUALITY_METRICS, SplitSpec, build_split, get_split, load_registry
+from pudm_bench.errors import ConfigError, NonFiniteLossError, PudmError
+from pudm_bench.evaluate import EvalConfig
+from pudm_bench.search_space import DEFAULT_SEARCH_SPACE, SearchSpace, load_search_space
+
+BASELINE_METHODS = ("unsupervised", "supervised")
+SAMPLERS = ("tpe", "nsga2", "gp")
+DEFAULT_SPLIT_FOR_DATASET = {
+    "digits": "digits_even", "mnist": "mnist_even", "cifar10": "cifar10_vehicles", "stl10": "stl10_vehicles",
+    "celeba": "celeba_male",
+}
+OBJECTIVE_RATE = "non_sensitive_rate"
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    """Everything a sweep needs, resolved from the CLI; saved as ``sweep.json`` and compared on ``--resume``."""
+
+    split: str
+    splits_dirs: tuple[str, ...]
+    search_space: str
+    search_space_fingerprint: str
+    quality: str
+    trials: int
+    max_concurrent: int
+    workers_per_trial: int
+    cpus_per_worker: float
+    gpus_per_worker: float
+    budget: str
+    seed: int
+    sampler: str
+    baselines: bool
+    mlflow_uri: str
+    experiment: str
+    storage: str
+    name: str
+    data_dir: str | None
+    download: bool
+    max_failures: int
+
+    @property
+    def sweep_dir(self) -> Path:
+        return Path(self.storage) / self.name
+
+    # Fields that may differ between a sweep and its resumption.
+    RESUMABLE = ("max_concurrent", "mlflow_uri", "data_dir", "download", "max_failures", "gpus_per_worker")
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def trial_train_config(settings: SweepSettings, split: SplitSpec, space: SearchSpace, budget: Budget,
+                       params: dict[str, Any]) -> TrainConfig:
+    """The TrainConfig of one trial: budget defaults, then the search space's fixed values, then the trial's."""
+    method = params.get("method") or space.method
+    values: dict[str, Any] = dict(
+        split=split.name, method=method, seed=settings.seed, steps=budget.steps, batch_size=budget.batch_size,
+        lr=budget.lr, warmup_steps=budget.warmup_steps, log_every=budget.log_every,
+        checkpoint_every=budget.checkpoint_every, model_preset=budget.model_preset, data_dir=settings.data_dir,
+        download=settings.download, splits_dirs=settings.splits_dirs,
+        sample=SampleConfig(num_images=16, steps=budget.sample_steps, sampler=budget.sampler),
+    )
+    if method in BASELINE_METHODS:
+        values.update({k: v for k, v in params.items() if k not in ("method", "beta", "correction", "eta") and v is not None})
+    else:
+        values.update(space.fixed)
+        values.update({k: v for k, v in params.items() if k != "method" and v is not None})
+    return TrainConfig(**values)
+
+
+def eval_config(settings: SweepSettings, budget: Budget) -> EvalConfig:
+    return EvalConfig(num_samples=budget.num_samples, sampler=budget.sampler, sample_steps=budget.sample_steps,
+                      sample_seed=settings.seed + 1234, quality_metric=settings.quality,
+                      fid="on" if settings.quality == "fid" else "off",
+                      cache_dir=str(settings.sweep_dir / "cache"))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Train workers
+
+
+def train_worker(loop_config: dict[str, Any]) -> None:
+    """One Ray Train worker: restore the latest checkpoint, train, evaluate on rank 0, report (every rank)."""
+    import torch
+
+    from pudm_bench.evaluate import evaluate_model
+    from pudm_bench.train import Callback, save_pipeline, train
+
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
+    torch.set_num_threads(max(1, int(loop_config["cpus_per_worker"])))
+    config = TrainConfig.from_dict(loop_config["train_config"])
+    evaluation = EvalConfig(**loop_config["eval_config"])
+    split = build_split(get_split(config.split, config.splits_dirs), seed=config.split_seed,
+                        data_dir=config.data_dir, download=config.download)
+    run_dir = Path(tempfile.mkdtemp(prefix=f"pudm-{loop_config['trial_id']}-r{rank}-"))
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as restored:
+            state = json.loads((Path(restored) / "state.json").read_text())
+            target = run_dir / "checkpoints" / f"step_{int(state['step']):08d}"
+            shutil.copytree(restored, target, ignore=shutil.ignore_patterns("pipeline", "*.png", "eval.json"))
+
+    class Reporter(Callback):
+        """Training curves on log steps; the same metrics plus the checkpoint on checkpoint steps."""
+
+        def __init__(self) -> None:
+            self.last: dict[str, float] = {}
+
+        def on_log(self, step: int, metrics: dict[str, float]) -> None:
+            self.last = {**metrics, "phase": "train"}
+            if step % config.checkpoint_every != 0 and step != config.steps:
+                ray.train.report(self.last)
+
+        def on_checkpoint(self, step: int, path: Path | None) -> None:
+            ckpt = ray.train.Checkpoint.from_directory(str(path)) if path is not None else None
+            ray.train.report(self.last, checkpoint=ckpt, checkpoint_dir_name=f"step_{step:08d}")
+
+    prepare = ray.train.torch.prepare_model if context.get_world_size() > 1 else None
+    try:
+        result = train(config, split, run_dir, callbacks=[Reporter()], prepare_model=prepare)
+    except NonFiniteLossError as exc:
+        # Not an infrastructure failure: retrying the same config would diverge again. Report it as the trial's
+        # final result (NaN objectives make Optuna record the trial as failed) instead of raising.
+        ray.train.report({OBJECTIVE_RATE: math.nan, "quality": math.nan, "phase": "final",
+                          "failed": f"NonFiniteLossError: {exc}"})
+        return
+    final: dict[str, Any] = {"phase": "final"}
+    final_dir = run_dir / "final"
+    final_dir.mkdir()
+    if rank == 0:
+        start = time.perf_counter()
+        metrics = evaluate_model(result.model, result.noise_scheduler, split, evaluation,
+                                 data_dir=config.data_dir, download=config.download)
+        final.update({k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)})
+        final[metrics["quality_metric"]] = metrics["quality"]
+        final.update({"train_seconds": result.train_seconds, "eval_seconds": time.perf_counter() - start,
+                      "steps": result.step, "resumed_from_step": result.resumed_from})
+        # The final checkpoint: the last training state (so a re-run resumes with nothing left to train) plus what
+        # the driver logs to MLflow.
+        last = run_dir / "checkpoints" / f"step_{result.step:08d}"
+        shutil.copytree(last, final_dir, dirs_exist_ok=True)
+        save_pipeline(result, final_dir)
+        from pudm_bench.sampling import sample_images, save_grid
+
+        grid = sample_images(result.model, result.noise_scheduler, num_images=64, sampler=evaluation.sampler,
+                             steps=evaluation.sample_steps, seed=evaluation.sample_seed, device=next(result.model.parameters()).device)
+        save_grid(grid, final_dir / "samples.png")
+        (final_dir / "eval.json").write_text(json.dumps(metrics, indent=2, default=str))
+        (final_dir / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2))
+    ckpt = ray.train.Checkpoint.from_directory(str(final_dir)) if rank == 0 else None
+    ray.train.report(final, checkpoint=ckpt, checkpoint_dir_name="final")
+    shutil.rmtree(run_dir, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tune trials
+
+
+def run_trial(params: dict[str, Any], settings: SweepSettings) -> None:
+    """One Tune trial (a function trainable): a TorchTrainer over ``workers_per_trial`` workers, then fit()."""
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    trial_id = tune.get_context().get_trial_id()
+    split = get_split(settings.split, settings.splits_dirs)
+    space = load_search_space(settings.search_space)
+    budget = budget_for(settings.budget, split)
+    config = trial_train_config(settings, split, space, budget, params)
+    use_gpu = settings.gpus_per_worker > 0
+    resources = {"CPU": settings.cpus_per_worker}
+    if use_gpu:
+        resources["GPU"] = settings.gpus_per_worker
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={"train_config": config.to_dict(), "eval_config": asdict(eval_config(settings, budget)),
+                           "trial_id": trial_id, "cpus_per_worker": settings.cpus_per_worker},
+        scaling_config=ray.train.ScalingConfig(num_workers=settings.workers_per_trial, use_gpu=use_gpu,
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            name=f"trial-{trial_id}",  # fixed per trial: a retried or resumed trial finds its checkpoints
+            storage_path=str(settings.sweep_dir / "train"),
+            callbacks=[TuneReportCallback()],
+            failure_config=ray.train.FailureConfig(max_failures=settings.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    trainer.fit()
+
+
+class BaselinesFirst(Searcher):
+    """Suggests the baselines (same budget, nothing searched) first, then delegates to Optuna. Baseline results are
+    never told to Optuna, so the study holds only searched trials."""
+
+    def __init__(self, inner: Searcher, baseline_configs: list[dict[str, Any]]) -> None:
+        super().__init__(metric=inner.metric, mode=inner.mode)
+        self.inner = inner
+        self.pending = list(baseline_configs)
+        self.baseline_trials: set[str] = set()
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return self.inner.set_search_properties(metric, mode, config, **spec)
+
+    def suggest(self, trial_id: str):
+        if self.pending:
+            self.baseline_trials.add(trial_id)
+            return self.pending.pop(0)
+        return self.inner.suggest(trial_id)
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id not in self.baseline_trials:
+            self.inner.on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
+        if trial_id not in self.baseline_trials:
+            self.inner.on_trial_complete(trial_id, result=result, error=error)
+
+    def save(self, checkpoint_path: str) -> None:
+        self.inner.save(checkpoint_path + ".optuna")
+        Path(checkpoint_path).write_text(json.dumps({"pending": self.pending,
+                                                     "baseline_trials": sorted(self.baseline_trials)}))
+
+    def restore(self, checkpoint_path: str) -> None:
+        self.inner.restore(checkpoint_path + ".optuna")
+        state = json.loads(Path(checkpoint_path).read_text())
+        self.pending, self.baseline_trials = state["pending"], set(state["baseline_trials"])
+
+
+def make_searcher(settings: SweepSettings, space: SearchSpace, budget: Budget) -> BaselinesFirst:
+    """Seeded Optuna multi-objective search (non-sensitive rate up, quality down) behind the baselines."""
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    if settings.sampler == "tpe":
+        sampler = optuna.samplers.TPESampler(seed=settings.seed)
+    elif settings.sampler == "nsga2":
+        # A small population so a sweep of a few dozen trials still sees several generations.
+        sampler = optuna.samplers.NSGAIISampler(seed=settings.seed, population_size=max(4, min(20, settings.trials // 3)))
+    else:
+        sampler = optuna.samplers.GPSampler(seed=settings.seed)
+    optuna_search = OptunaSearch(metric=[OBJECTIVE_RATE, settings.quality], mode=["max", "min"], sampler=sampler)
+    baselines = [dict({k: None for k in space.params}, method=m, lr=budget.lr)
+                 for m in (BASELINE_METHODS if settings.baselines else ())]
+    return BaselinesFirst(optuna_search, baselines)
+
+
+def _tune_param_space(space: SearchSpace) -> dict[str, Any]:
+    """Search-space distributions (pudm_bench.search_space) -> Ray Tune domains (which OptunaSearch converts)."""
+    from pudm_bench import search_space as ss
+
+    out: dict[str, Any] = {}
+    for name, dist in space.params.items():
+        if isinstance(dist, ss.Uniform):
+            out[name] = tune.uniform(dist.low, dist.high)
+        elif isinstance(dist, ss.LogUniform):
+            out[name] = tune.loguniform(dist.low, dist.high)
+        elif isinstance(dist, ss.IntRange):
+            out[name] = tune.qrandint(dist.low, dist.high, dist.step) if dist.step > 1 else tune.randint(dist.low, dist.high + 1)
+        elif isinstance(dist, ss.Choice):
+            out[name] = tune.choice(list(dist.values))
+        else:  # the search-space loader admits only the kinds above
+            raise ConfigError(f"search space {space.source}: unsupported distribution {dist!r}")
+    return out
+
+
+class TrackingCallback(tune.Callback):
+    """Driver-side MLflow logging: one child run per trial, keyed by trial id, so a resumed trial reuses its run.
+
+    Tune pickles callbacks with its experiment state: the tracker (an MLflow client) is created lazily.
+    """
+
+    def __init__(self, settings: SweepSettings, parent_run_id: str) -> None:
+        self.uri, self.experiment, self.parent = settings.mlflow_uri, settings.experiment, parent_run_id
+        self.sweep_name = settings.name
+        self._tracker = None
+
+    @property
+    def tracker(self):
+        from pudm_bench.tracking import SweepTracker
+
+        if self._tracker is None:
+            self._tracker = SweepTracker(self.uri, self.experiment)
+            self._tracker.start_sweep(self.sweep_name, tags={}, params={}, resume_run_id=self.parent)
+        return self._tracker
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_tracker": None}
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        params = _trial_params(trial.config)
+        role = "baseline" if params.get("method") in BASELINE_METHODS else "search"
+        self.tracker.trial_run(trial.trial_id, params=params, tags={"pudm.role": role})
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        numeric = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+                   and k not in ("step", "training_iteration", "timestamp", "time_this_iter_s", "pid")}
+        step = int(result["step"]) if result.get("phase") == "train" and "step" in result else None
+        self.tracker.log_trial_metrics(trial.trial_id, numeric, step)
+        if result.get("failed"):
+            self.tracker.end_trial(trial.trial_id, "FAILED", result["failed"])
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        result = trial.last_result or {}
+        if result.get("failed"):
+            return
+        path = result.get("checkpoint_path")
+        if path and Path(path).is_dir():
+            files = [p for p in Path(path).iterdir() if p.name in ("samples.png", "eval.json", "train_config.json")]
+            self.tracker.log_trial_artifacts(trial.trial_id, files)
+        self.tracker.end_trial(trial.trial_id, "FINISHED", None)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        error = trial.get_error()
+        self.tracker.end_trial(trial.trial_id, "FAILED", f"{type(error).__name__}: {error}" if error else "error")
+
+
+def _trial_params(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if v is not None and not k.startswith("_")}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The driver
+
+
+def results_frame(trials, settings: SweepSettings, space: SearchSpace):
+    """One row per trial: parameters, role, status, objectives; ``excluded`` where the objectives are missing."""
+    import pandas as pd
+
+    rows = []
+    for trial in trials:
+        result = trial.last_result or {}
+        params = _trial_params(trial.config)
+        method = params.get("method") or space.method
+        rate, quality = result.get(OBJECTIVE_RATE), result.get(settings.quality)
+        failed = result.get("failed") or (str(trial.get_error()) if trial.status == "ERROR" else None)
+        finite = all(isinstance(v, (int, float)) and math.isfinite(v) for v in (rate, quality))
+        rows.append({
+            "trial_id": trial.trial_id, "role": "baseline" if method in BASELINE_METHODS else "search",
+            "method": method, "beta": params.get("beta"), "correction": params.get("correction"),
+            "lr": params.get("lr"), "status": "FAILED" if failed else trial.status,
+            OBJECTIVE_RATE: rate if finite else math.nan,
+            "non_sensitive_rate_ci_low": result.get("non_sensitive_rate_ci_low"),
+            "non_sensitive_rate_ci_high": result.get("non_sensitive_rate_ci_high"),
+            "quality": quality if finite else math.nan, settings.quality: quality if finite else math.nan,
+            "referee_balanced_accuracy": result.get("referee_balanced_accuracy"),
+            "train_seconds": result.get("train_seconds"), "eval_seconds": result.get("eval_seconds"),
+            "excluded": not finite, "error": failed,
+        })
+    return pd.DataFrame(rows)
+
+
+def _prepare(settings: SweepSettings) -> tuple[SplitSpec, SearchSpace, Budget]:
+    """Everything that can fail on bad input, checked before Ray starts or anything is trained."""
+    from pudm_bench import tracking
+
+    split = get_split(settings.split, settings.splits_dirs)
+    space = load_search_space(settings.search_space)
+    budget = budget_for(settings.budget, split)
+    for params in [space.center()] + [{"method": m} for m in (BASELINE_METHODS if settings.baselines else ())]:
+        trial_train_config(settings, split, space, budget, params)  # raises ConfigError on a bad combination
+    build_split(split, data_dir=settings.data_dir, download=settings.download)  # data present, counts fit
+    tracking.check_tracking_reachable(settings.mlflow_uri)
+    if settings.quality == "fid":
+        from pudm_bench.fid import resolve_fid_weights
+
+        resolve_fid_weights(None)
+    return split, space, budget
+
+
+def run_sweep(settings: SweepSettings, resume: bool, ray_address: str | None, num_cpus: int | None = None,
+              verbose: int = 1) -> dict[str, Any]:
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Intermediate reports carry training curves only; the objectives come with the final evaluation report.
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    split, space, budget = _prepare(settings)
+    sweep_dir = settings.sweep_dir
+    sweep_json = sweep_dir / "sweep.json"
+    _check_resume(settings, sweep_json, resume)
+
+    from pudm_bench.pareto import default_reference, hypervolume_2d, pareto_front
+    from pudm_bench.referee import check_referee, get_referee
+    from pudm_bench.tracking import SweepTracker, redact
+
+    # The referee is trained (or read from the cache) once, here, and refused before any trial trains if weak.
+    evaluation = eval_config(settings, budget)
+    referee = get_referee(split, data_dir=settings.data_dir, download=settings.download, cache_dir=evaluation.cache_dir)
+    check_referee(referee, evaluation.referee_floor)
+
+    tracker = SweepTracker(settings.mlflow_uri, settings.experiment)
+    previous = json.loads(sweep_json.read_text()) if sweep_json.is_file() else {}
+    parent_id = tracker.start_sweep(
+        settings.name,
+        tags={"pudm.split": split.name, "pudm.dataset": split.dataset,
+              "pudm.split_fingerprint": build_split(split, data_dir=settings.data_dir).fingerprint,
+              "pudm.search_space": Path(settings.search_space).name, "pudm.git_commit": _git_commit(),
+              "pudm.version": __version__, "pudm.quality": settings.quality, "pudm.budget": settings.budget},
+        params={k: v for k, v in asdict(settings).items() if k not in ("mlflow_uri",)},
+        resume_run_id=previous.get("parent_run_id"),
+    )
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    sweep_json.write_text(json.dumps({**asdict(settings), "parent_run_id": parent_id,
+                                      "referee_balanced_accuracy": referee.balanced_accuracy}, indent=2))
+
+    if not ray.is_initialized():
+        if ray_address is None:
+            os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local cluster of our own: no token prompts
+        ray.init(address=ray_address, num_cpus=num_cpus if ray_address is None else None,
+                 include_dashboard=False if ray_address is None else None, log_to_driver=verbose > 0)
+    trainable = tune.with_resources(tune.with_parameters(run_trial, settings=settings), {"cpu": 0.01})
+    tune_path = sweep_dir / "tune"
+    start = time.perf_counter()
+    if resume and tune.Tuner.can_restore(str(tune_path)):
+        tuner = tune.Tuner.restore(str(tune_path), trainable=trainable, resume_errored=True,
+                                   param_space=_tune_param_space(space))
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=_tune_param_space(space),
+            tune_config=tune.TuneConfig(
+                # metric/mode stay unset here: setting them would silently make the study single-objective.
+                search_alg=make_searcher(settings, space, budget),
+                num_samples=settings.trials + (len(BASELINE_METHODS) if settings.baselines else 0),
+                max_concurrent_trials=settings.max_concurrent,
+            ),
+            run_config=tune.RunConfig(name="tune", storage_path=str(sweep_dir), verbose=verbose,
+                                      callbacks=[TrackingCallback(settings, parent_id)],
+                                      failure_config=tune.FailureConfig(max_failures=0)),
+        )
+    grid = tuner.fit()
+    wall = time.perf_counter() - start
+
+    frame = results_frame(grid._experiment_analysis.trials, settings, space)
+    frame["on_front"] = pareto_front(frame, maximize=OBJECTIVE_RATE, minimize="quality")
+    reference = default_reference(frame)
+    search = frame[frame.role == "search"]
+    front_points = search[pareto_front(search, maximize=OBJECTIVE_RATE, minimize="quality")]
+    hv = hypervolume_2d(front_points[[OBJECTIVE_RATE, "quality"]].to_numpy(), reference)
+    tracker.close_stale_trials(active_trial_ids=set())
+    tracker.log_pareto(frame, settings.quality, reference)
+    failed = int((frame.status == "FAILED").sum())
+    tracker.end_sweep("FINISHED" if failed < len(frame) else "FAILED")
+    return {"frame": frame, "hypervolume": hv, "reference": reference, "wall_seconds": wall,
+            "parent_run_id": parent_id, "tracking_uri": redact(settings.mlflow_uri), "experiment": settings.experiment}
+
+
+def _check_resume(settings: SweepSettings, sweep_json: Path, resume: bool) -> None:
+    if resume:
+        if not sweep_json.is_file():
+            raise ConfigError(f"--resume: no earlier sweep named {settings.name!r} in {settings.storage}; "
+                              "run without --resume, or pass the --name and --storage of the sweep to resume")
+        saved = json.loads(sweep_json.read_text())
+        current = asdict(settings)
+        changed = [k for k in current if k not in SweepSettings.RESUMABLE and saved.get(k) != current[k]
+                   and not (isinstance(current[k], tuple) and list(current[k]) == saved.get(k))]
+        if changed:
+            diffs = "; ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed)
+            raise ConfigError(f"--resume: sweep {settings.name!r} was started with different settings ({diffs}); "
+                              "resume with the original ones, or start a new sweep with another --name")
+    elif sweep_json.is_file():
+        raise ConfigError(f"a sweep named {settings.name!r} already exists in {settings.storage}; pass --resume to "
+                          "continue it, or --name NEW for a new one")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m pudm_bench.sweep",
+        description="Multi-objective hyperparameter search over PU-DM (Ray Tune + Optuna, Ray Train workers, "
+                    "MLflow tracking). Without --dataset/--split: the embedded digits benchmark (minutes on a CPU).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    target = p.add_mutually_exclusive_group()
+    target.add_argument("--dataset", default=None, choices=sorted(DEFAULT_SPLIT_FOR_DATASET),
+                        help="run this dataset's default split (e.g. stl10 -> stl10_vehicles)")
+    target.add_argument("--split", default=None, help="any registered split (python -m pudm_bench.splits list)")
+    p.add_argument("--splits-dir", action="append", default=[], metavar="DIR", help="extra folder of split YAMLs (repeatable)")
+    p.add_argument("--search-space", default=str(DEFAULT_SEARCH_SPACE), metavar="FILE", help="search-space YAML")
+    p.add_argument("--quality", default=None, choices=QUALITY_METRICS, help="quality objective (default: the split's)")
+    p.add_argument("--trials", type=int, default=6, help="searched trials (baselines come on top)")
+    p.add_argument("--max-concurrent", type=int, default=2, help="trials running at once (when resources allow)")
+    p.add_argument("--workers-per-trial", type=int, default=1, help="Ray Train workers (DDP ranks) per trial")
+    p.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs reserved per Train worker")
+    p.add_argument("--gpus-per-worker", default="auto", help="GPUs per Train worker; auto = 1 when Ray sees GPUs, else 0")
+    p.add_argument("--budget", default="cpu", choices=BUDGETS, help="training length and evaluation size")
+    p.add_argument("--seed", type=int, default=0, help="seeds the Optuna sampler and every trial")
+    p.add_argument("--sampler", default="tpe", choices=SAMPLERS, help="Optuna sampler")
+    p.add_argument("--baselines", action=argparse.BooleanOptionalAction, default=True,
+                   help="also train the unsupervised and supervised baselines with the same budget")
+    p.add_argument("--mlflow-uri", default=None, help="tracking URI (default: sqlite:///<cwd>/mlflow.db)")
+    p.add_argument("--experiment", default=None, help="MLflow experiment (default: pudm-<split>)")
+    p.add_argument("--ray-address", default=None, help="'auto' joins a running cluster; default starts a local one")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray cluster (default: all)")
+    p.add_argument("--storage", default="pudm_runs", metavar="PATH", help="sweep storage (a shared filesystem on clusters)")
+    p.add_argument("--name", default=None, help="sweep name (default: <split>-<search space>-<budget>-s<seed>)")
+    p.add_argument("--max-failures", type=int, default=1, help="retries of a trial whose worker died (not for a diverged loss)")
+    p.add_argument("--data-dir", default=None, help="folder holding downloaded datasets")
+    p.add_argument("--download", action="store_true", help="download the dataset if missing (needs internet)")
+    p.add_argument("--resume", action="store_true", help="continue the sweep of the same --name in --storage")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved sweep, trial resources and result locations, then exit")
+    p.add_argument("--quiet", action="store_true", help="no Tune progress table")
+    return p
+
+
+def _positive(name: str, value: float, minimum: float = 1) -> None:
+    if value < minimum:
+        raise ConfigError(f"{name}={value} is invalid: expected a number >= {minimum}")
+
+
+def settings_from_args(args: argparse.Namespace) -> SweepSettings:
+    from pudm_bench.tracking import resolve_tracking_uri
+
+    registry = load_registry(args.splits_dir)
+    split_name = args.split or DEFAULT_SPLIT_FOR_DATASET[args.dataset or "digits"]
+    if split_name not in registry:
+        get_split(split_name, args.splits_dir)  # raises with "did you mean"
+    split = registry[split_name]
+    space = load_search_space(args.search_space)
+    for name, minimum in (("trials", 1), ("max_concurrent", 1), ("workers_per_trial", 1), ("max_failures", 0)):
+        _positive(f"--{name.replace('_', '-')}", getattr(args, name), minimum)
+    if args.cpus_per_worker <= 0:
+        raise ConfigError(f"--cpus-per-worker={args.cpus_per_worker} is invalid: expected a number > 0")
+    if args.gpus_per_worker == "auto":
+        gpus = 1.0 if _ray_sees_gpus(args.ray_address) else 0.0
+    else:
+        try:
+            gpus = float(args.gpus_per_worker)
+        except ValueError:
+            raise ConfigError(f"--gpus-per-worker={args.gpus_per_worker!r} is invalid: expected auto or a number >= 0") from None
+        if gpus < 0:
+            raise ConfigError(f"--gpus-per-worker={gpus} is invalid: expected auto or a number >= 0")
+    quality = args.quality or split.quality_metric
+    name = args.name or f"{split.name}-{Path(args.search_space).stem}-{args.budget}-s{args.seed}"
+    return SweepSettings(
+        split=split.name, splits_dirs=tuple(str(Path(d).resolve()) for d in args.splits_dir),
+        search_space=str(Path(args.search_space).resolve()), search_space_fingerprint=space.fingerprint(),
+        quality=quality, trials=args.trials, max_concurrent=args.max_concurrent,
+        workers_per_trial=args.workers_per_trial, cpus_per_worker=args.cpus_per_worker, gpus_per_worker=gpus,
+        budget=args.budget, seed=args.seed, sampler=args.sampler, baselines=args.baselines,
+        mlflow_uri=resolve_tracking_uri(args.mlflow_uri), experiment=args.experiment or f"pudm-{split.name}",
+        storage=str(Path(args.storage).expanduser().resolve()) if "://" not in args.storage else args.storage,
+        name=_safe_name(name), data_dir=str(Path(args.data_dir).resolve()) if args.data_dir else None,
+        download=args.download, max_failures=args.max_failures,
+    )
+
+
+def _safe_name(name: str) -> str:
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}", name) or ".." in name:
+        raise ConfigError(f"--name={name!r} is invalid: use letters, digits, '_', '-' or '.', no path separators")
+    return name
+
+
+def _ray_sees_gpus(address: str | None) -> bool:
+    if address is not None:
+        return False  # decided by the cluster's resources at run time would need a connection; be explicit
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+def print_summary(outcome: dict[str, Any], settings: SweepSettings) -> None:
+    frame = outcome["frame"]
+    cols = ["trial_id", "role", "method", "beta", "correction", "lr", "status", OBJECTIVE_RATE,
+            "non_sensitive_rate_ci_low", "non_sensitive_rate_ci_high", settings.quality]
+    front = frame[frame.on_front & (frame.role == "search")].sort_values(OBJECTIVE_RATE, ascending=False)
+    baselines = frame[frame.role == "baseline"]
+    failed = frame[frame.status == "FAILED"]
+    import pandas as pd
+
+    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.4g}".format):
+        print(f"\nPareto front ({OBJECTIVE_RATE} up, {settings.quality} down) of {len(frame[frame.role == 'search'])} searched trials:")
+        print(front[cols].to_string(index=False) if len(front) else "  (empty: no searched trial finished)")
+        if len(baselines):
+            print("\nBaselines (same budget):")
+            print(baselines[cols].to_string(index=False))
+        if len(failed):
+            print("\nFailed trials:")
+            print(failed[["trial_id", "method", "beta", "lr", "error"]].to_string(index=False))
+    ref = outcome["reference"]
+    print(f"\nHypervolume of the searched front: {outcome['hypervolume']:.4g} (reference: {OBJECTIVE_RATE}="
+          f"{ref[0]:.3g}, {settings.quality}={ref[1]:.4g})")
+    print(f"Wall time: {outcome['wall_seconds']:.1f} s")
+    print(f"MLflow: {outcome['tracking_uri']}  experiment {outcome['experiment']!r}  parent run {outcome['parent_run_id']}")
+    print(f"  open it: mlflow ui --backend-store-uri {outcome['tracking_uri']} --host 127.0.0.1")
+    print(f"Sweep storage: {settings.sweep_dir}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = settings_from_args(args)
+        if args.dry_run:
+            split = get_split(settings.split, settings.splits_dirs)
+            budget = budget_for(settings.budget, split)
+            space = load_search_space(settings.search_space)
+            from pudm_bench.tracking import redact
+
+            print(json.dumps({
+                "settings": {**asdict(settings), "mlflow_uri": redact(settings.mlflow_uri)},
+                "budget": asdict(budget),
+                "search_space": {k: repr(v) for k, v in space.params.items()},
+                "trials": {"searched": settings.trials,
+                           "baselines": list(BASELINE_METHODS) if settings.baselines else []},
+                "resources_per_trial": {"train_workers": settings.workers_per_trial,
+                                        "cpus_per_worker": settings.cpus_per_worker,
+                                        "gpus_per_worker": settings.gpus_per_worker},
+                "results": {"sweep_dir": str(settings.sweep_dir), "mlflow_uri": redact(settings.mlflow_uri),
+                            "experiment": settings.experiment},
+            }, indent=2, default=str))
+            return 0
+        outcome = run_sweep(settings, resume=args.resume, ray_address=args.ray_address, num_cpus=args.num_cpus,
+                            verbose=0 if args.quiet else 1)
+    except PudmError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print_summary(outcome, settings)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
