@@ -75,6 +75,9 @@ def load_pretrained(name_or_path: str, image_size: int, channels: int) -> tuple[
     save_pretrained``: ``unet/`` and ``scheduler/`` sub-folders), or a hub id when the machine can download.
     """
     path = Path(name_or_path).expanduser()
+    if not path.exists() and (name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1):
+        raise ConfigError(f"pretrained model directory {path} does not exist; give a folder written by "
+                          "save_pretrained (a UNet or a DDPMPipeline) or a hub id")
     is_pipeline = (path / "unet").is_dir() or not path.exists()
     try:
         if path.exists() and not is_pipeline:

@@ -186,3 +186,31 @@ def test_cli_rejects_bad_input_with_one_line(tmp_path, capsys, args, message):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and "\n" not in err
     assert not out.exists()
+
+
+def test_fine_tuning_starts_from_a_pretrained_pipeline(tmp_path, digits_split):
+    """--pretrained loads a diffusers pipeline directory (unet/ + scheduler/) or a bare UNet directory."""
+    from pudm_bench.train import save_pipeline
+
+    base = train(tiny_config(steps=3), digits_split, tmp_path / "base")
+    save_pipeline(base, tmp_path / "base")
+    base.model.save_pretrained(tmp_path / "bare_unet")
+    for source in (tmp_path / "base" / "pipeline", tmp_path / "bare_unet"):
+        tuned = train(tiny_config(steps=2, lr=1e-9, warmup_steps=0, pretrained=str(source)), digits_split,
+                      tmp_path / f"tuned_{source.name}")
+        # With a negligible learning rate the fine-tuned weights stay those of the pretrained model.
+        diff = max((a - b).abs().max().item() for a, b in zip(tuned.model.parameters(), base.model.parameters()))
+        assert diff < 1e-4
+
+
+def test_pretrained_errors_are_clear(tmp_path, digits_split):
+    with pytest.raises(ConfigError, match="nowhere does not exist"):
+        train(tiny_config(pretrained=str(tmp_path / "nowhere")), digits_split, tmp_path / "a")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="could not load pretrained model"):
+        train(tiny_config(pretrained=str(tmp_path / "empty")), digits_split, tmp_path / "a")
+    from pudm_bench.models import build_model
+
+    build_model("digits", 16, 1).save_pretrained(tmp_path / "wrong_size")
+    with pytest.raises(ConfigError, match="takes 1x16px images but the split gives 1x8px"):
+        train(tiny_config(pretrained=str(tmp_path / "wrong_size")), digits_split, tmp_path / "b")
