@@ -320,9 +320,9 @@ class TrackingCallback(tune.Callback):
     Tune pickles callbacks with its experiment state: the tracker (an MLflow client) is created lazily.
     """
 
-    def __init__(self, settings: SweepSettings, parent_run_id: str) -> None:
+    def __init__(self, settings: SweepSettings, parent_run_id: str, searched_method: str) -> None:
         self.uri, self.experiment, self.parent = settings.mlflow_uri, settings.experiment, parent_run_id
-        self.sweep_name = settings.name
+        self.sweep_name, self.searched_method = settings.name, searched_method
         self._tracker = None
 
     @property
@@ -340,6 +340,7 @@ class TrackingCallback(tune.Callback):
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         params = _trial_params(trial.config)
         role = "baseline" if params.get("method") in BASELINE_METHODS else "search"
+        params.setdefault("method", self.searched_method)
         self.tracker.trial_run(trial.trial_id, params=params, tags={"pudm.role": role})
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
@@ -474,17 +475,19 @@ def run_sweep(settings: SweepSettings, resume: bool, ray_address: str | None, nu
                 max_concurrent_trials=settings.max_concurrent,
             ),
             run_config=tune.RunConfig(name="tune", storage_path=str(sweep_dir), verbose=verbose,
-                                      callbacks=[TrackingCallback(settings, parent_id)],
+                                      callbacks=[TrackingCallback(settings, parent_id, space.method)],
                                       failure_config=tune.FailureConfig(max_failures=0)),
         )
     grid = tuner.fit()
     wall = time.perf_counter() - start
 
     frame = results_frame(grid._experiment_analysis.trials, settings, space)
-    frame["on_front"] = pareto_front(frame, maximize=OBJECTIVE_RATE, minimize="quality")
+    # The front is that of the searched trials; baselines are shown beside it, not part of it.
+    is_search = frame.role == "search"
+    frame["on_front"] = False
+    frame.loc[is_search, "on_front"] = pareto_front(frame[is_search], maximize=OBJECTIVE_RATE, minimize="quality")
     reference = default_reference(frame)
-    search = frame[frame.role == "search"]
-    front_points = search[pareto_front(search, maximize=OBJECTIVE_RATE, minimize="quality")]
+    front_points = frame[frame.on_front]
     hv = hypervolume_2d(front_points[[OBJECTIVE_RATE, "quality"]].to_numpy(), reference)
     tracker.close_stale_trials(active_trial_ids=set())
     tracker.log_pareto(frame, settings.quality, reference)

@@ -1,0 +1,172 @@
+"""``python -m pudm_bench.report``: a sweep's Pareto front and baselines, read back from MLflow.
+
+    python -m pudm_bench.report                       # the latest sweep in ./mlflow.db
+    python -m pudm_bench.report --list                # all sweeps, newest first
+    python -m pudm_bench.report --sweep RUN_ID        # one sweep
+    python -m pudm_bench.report --compare RUN_A RUN_B # two fronts side by side, hypervolumes on one reference
+
+The front is that of the searched trials (baselines are listed apart, with the same budget); the hypervolume is
+the area the front dominates up to a reference point (``pareto.hypervolume_2d``). One sweep uses the reference
+logged with it; a comparison uses one reference for both, ``pareto.default_reference`` of their trials together,
+since hypervolumes against different references cannot be compared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from typing import Sequence
+
+import pandas as pd
+
+from pudm_bench.errors import ConfigError, PudmError
+from pudm_bench.pareto import QUALITY, RATE, default_reference, hypervolume_2d, pareto_front
+from pudm_bench.tracking import list_sweeps, load_sweep, redact, resolve_tracking_uri
+
+TABLE_COLUMNS = ["trial_id", "method", "beta", "correction", "lr", "status", RATE, "non_sensitive_rate_ci_low",
+                 "non_sensitive_rate_ci_high", QUALITY]
+COMPARE_COLUMNS = ["trial_id", "method", "beta", "lr", RATE, QUALITY]
+
+
+def searched_front(trials: pd.DataFrame) -> pd.DataFrame:
+    """The searched trials on the front of the searched trials, best non-sensitive rate first."""
+    search = trials[trials["role"] != "baseline"]
+    if search.empty:
+        return search
+    return search[pareto_front(search, RATE, QUALITY)].sort_values(RATE, ascending=False)
+
+
+def sweep_hypervolume(trials: pd.DataFrame, reference: tuple[float, float]) -> float:
+    front = searched_front(trials)
+    return hypervolume_2d(front[[RATE, QUALITY]].to_numpy(dtype=float), reference) if len(front) else 0.0
+
+
+def _table(frame: pd.DataFrame, columns: list[str], quality: str, empty: str) -> str:
+    if frame.empty:
+        return empty
+    shown = frame[columns].rename(columns={QUALITY: quality})
+    with pd.option_context("display.width", 250, "display.max_columns", 30, "display.float_format", "{:.4g}".format):
+        return shown.to_string(index=False)
+
+
+def _reference_text(reference: tuple[float, float], quality: str) -> str:
+    return f"{RATE}={reference[0]:.3g}, {quality}={reference[1]:.4g}"
+
+
+def _pick(uri: str, experiment: str | None, run_id: str | None) -> str:
+    if run_id:
+        return run_id
+    sweeps = list_sweeps(uri, experiment)
+    if sweeps.empty:
+        where = f" (experiment {experiment!r})" if experiment else ""
+        raise ConfigError(f"no sweeps in {redact(uri)}{where}: run python -m pudm_bench.sweep first, or pass "
+                          "--mlflow-uri")
+    return str(sweeps.iloc[0]["run_id"])
+
+
+def report_sweep(uri: str, run_id: str) -> str:
+    info, trials = load_sweep(uri, run_id)
+    quality = info["quality"]
+    reference, ref_note = info["reference"], "logged with the sweep"
+    if reference is None or not all(math.isfinite(v) for v in reference):
+        reference, ref_note = default_reference(trials), "0 and 1.1 x the worst quality of its trials"
+    search = trials[trials["role"] != "baseline"]
+    lines = [
+        f"Sweep {info['sweep_name']!r} ({info['status']}), started {info['start_time']:%Y-%m-%d %H:%M} UTC",
+        f"MLflow: {info['tracking_uri']}  experiment {info['experiment']!r}  run {info['run_id']}",
+        "",
+        f"Pareto front ({RATE} up, {quality} down) of {len(search)} searched trials:",
+        _table(searched_front(trials), TABLE_COLUMNS, quality, "  (empty: no searched trial finished)"),
+    ]
+    baselines = trials[trials["role"] == "baseline"]
+    if len(baselines):
+        lines += ["", "Baselines (same budget; on_front: not dominated by any trial):",
+                  _table(baselines, TABLE_COLUMNS + ["on_front"], quality, "")]
+    failed = trials[trials["status"] != "FINISHED"]
+    if len(failed):
+        lines += ["", "Trials without a result:", failed[["trial_id", "method", "status", "error"]].to_string(index=False)]
+    hv = sweep_hypervolume(trials, reference) if math.isfinite(reference[1]) else 0.0
+    lines += ["", f"Hypervolume of the searched front: {hv:.4g} (reference: {_reference_text(reference, quality)}; "
+                  f"{ref_note})"]
+    return "\n".join(lines)
+
+
+def _side_by_side(left: str, right: str, gap: str = "   |   ") -> str:
+    a, b = left.splitlines() or [""], right.splitlines() or [""]
+    width = max(len(line) for line in a)
+    rows = max(len(a), len(b))
+    a, b = a + [""] * (rows - len(a)), b + [""] * (rows - len(b))
+    return "\n".join(f"{x:<{width}}{gap}{y}".rstrip() for x, y in zip(a, b))
+
+
+def report_compare(uri: str, run_a: str, run_b: str) -> str:
+    (info_a, trials_a), (info_b, trials_b) = load_sweep(uri, run_a), load_sweep(uri, run_b)
+    quality = info_a["quality"]
+    if info_b["quality"] != quality:
+        raise ConfigError(f"sweeps {run_a} and {run_b} score quality differently ({quality} vs {info_b['quality']}); "
+                          "compare sweeps with the same quality metric")
+    reference = default_reference(pd.concat([trials_a, trials_b], ignore_index=True))
+    lines = [f"MLflow: {redact(uri)}"]
+    split_a, split_b = info_a["tags"].get("pudm.split"), info_b["tags"].get("pudm.split")
+    if split_a != split_b:
+        lines.append(f"note: the sweeps are on different splits ({split_a} vs {split_b})")
+    blocks = {}
+    for label, info, trials in (("A", info_a, trials_a), ("B", info_b, trials_b)):
+        head = (f"{label}: {info['sweep_name']!r}  experiment {info['experiment']!r}  run {info['run_id']}\n"
+                f"front of {int((trials['role'] != 'baseline').sum())} searched trials:\n")
+        blocks[label] = (head + _table(searched_front(trials), COMPARE_COLUMNS, quality, "  (empty)"),
+                         _table(trials[trials["role"] == "baseline"], COMPARE_COLUMNS, quality, "  (none)"))
+    lines += ["", f"Pareto fronts ({RATE} up, {quality} down):", _side_by_side(blocks["A"][0], blocks["B"][0])]
+    if len(trials_a[trials_a["role"] == "baseline"]) or len(trials_b[trials_b["role"] == "baseline"]):
+        lines += ["", "Baselines:", _side_by_side(blocks["A"][1], blocks["B"][1])]
+    hv_a = sweep_hypervolume(trials_a, reference) if math.isfinite(reference[1]) else 0.0
+    hv_b = sweep_hypervolume(trials_b, reference) if math.isfinite(reference[1]) else 0.0
+    lines += ["", f"Hypervolume against a common reference ({_reference_text(reference, quality)}: rate 0 and 1.1 x "
+                  f"the worst {quality} of both sweeps' trials):",
+              f"  A {info_a['run_id']}: {hv_a:.4g}", f"  B {info_b['run_id']}: {hv_b:.4g}"]
+    return "\n".join(lines)
+
+
+def report_list(uri: str, experiment: str | None) -> str:
+    sweeps = list_sweeps(uri, experiment)
+    if sweeps.empty:
+        return f"no sweeps in {redact(uri)}"
+    shown = sweeps.assign(start_time=sweeps["start_time"].dt.strftime("%Y-%m-%d %H:%M"))
+    with pd.option_context("display.width", 250, "display.max_columns", 30, "display.float_format", "{:.4g}".format):
+        return f"MLflow: {redact(uri)}\n" + shown.to_string(index=False)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m pudm_bench.report",
+                                description="A sweep's Pareto front and baselines, read back from MLflow.")
+    p.add_argument("--mlflow-uri", default=None,
+                   help="tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)")
+    p.add_argument("--experiment", default=None, help="only sweeps of this experiment, e.g. pudm-digits_even (default: all)")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--sweep", default=None, metavar="RUN_ID", help="the sweep's parent run id (default: latest)")
+    what.add_argument("--compare", nargs=2, default=None, metavar=("RUN_ID_A", "RUN_ID_B"),
+                      help="two sweeps' fronts side by side, hypervolumes against one reference")
+    what.add_argument("--list", action="store_true", help="list the sweeps, newest first")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        uri = resolve_tracking_uri(args.mlflow_uri)
+        if args.list:
+            text = report_list(uri, args.experiment)
+        elif args.compare:
+            text = report_compare(uri, *args.compare)
+        else:
+            text = report_sweep(uri, _pick(uri, args.experiment, args.sweep))
+    except PudmError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""The sweep: settings and their errors (no Ray needed), the Optuna study's two objectives, and end-to-end smoke
+sweeps on a local Ray cluster and on a cluster started separately, read back through the MLflow client."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from pudm_bench import sweep
+from pudm_bench.budgets import budget_for
+from pudm_bench.data.splits import get_split
+from pudm_bench.errors import ConfigError
+from pudm_bench.search_space import load_search_space
+from pudm_bench.sweep import BASELINE_METHODS, build_parser, main, make_searcher, settings_from_args, trial_train_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def settings(tmp_path, *extra):
+    args = build_parser().parse_args(["--storage", str(tmp_path / "store"), "--mlflow-uri",
+                                      str(tmp_path / "mlflow.db"), *extra])
+    return settings_from_args(args)
+
+
+def test_default_settings_pick_digits_and_fd_classifier(tmp_path):
+    s = settings(tmp_path)
+    assert s.split == "digits_even" and s.quality == "fd_classifier" and s.budget == "cpu"
+    assert s.experiment == "pudm-digits_even" and s.mlflow_uri.startswith("sqlite:///")
+    assert s.gpus_per_worker == 0.0  # no GPU on this machine: auto gives 0
+    assert settings(tmp_path, "--dataset", "stl10").split == "stl10_vehicles"
+    assert settings(tmp_path, "--dataset", "stl10").quality == "fid"
+
+
+def test_trial_configs_combine_budget_space_and_trial(tmp_path):
+    s = settings(tmp_path, "--budget", "smoke")
+    split, space = get_split(s.split), load_search_space(s.search_space)
+    budget = budget_for("smoke", split)
+    searched = trial_train_config(s, split, space, budget, {"beta": 0.2, "correction": "max", "lr": 5e-4})
+    assert (searched.method, searched.beta, searched.correction, searched.lr) == ("pu", 0.2, "max", 5e-4)
+    assert searched.steps == budget.steps and searched.batch_size == budget.batch_size
+    baseline = trial_train_config(s, split, space, budget, {"method": "unsupervised", "beta": None,
+                                                            "correction": None, "lr": budget.lr})
+    assert baseline.method == "unsupervised" and baseline.beta is None and baseline.steps == budget.steps
+
+
+def test_optuna_study_has_two_directions(tmp_path):
+    """metric/mode must not also be set on TuneConfig: the study would silently become single-objective."""
+    import optuna
+
+    s = settings(tmp_path, "--budget", "smoke")
+    space = load_search_space(s.search_space)
+    searcher = make_searcher(s, space, budget_for("smoke", get_split(s.split)))
+    searcher.set_search_properties(None, None, sweep._tune_param_space(space))
+    first = [searcher.suggest(f"t{i}") for i in range(3)]
+    assert [c["method"] for c in first[:2]] == list(BASELINE_METHODS)
+    assert "method" not in first[2] and 0 < first[2]["beta"] < 1
+    assert searcher.inner._ot_study.directions == [optuna.study.StudyDirection.MAXIMIZE,
+                                                   optuna.study.StudyDirection.MINIMIZE]
+
+
+def test_seeded_sampler_proposes_the_same_configs(tmp_path):
+    proposals = []
+    for _ in range(2):
+        s = settings(tmp_path, "--no-baselines")
+        space = load_search_space(s.search_space)
+        searcher = make_searcher(s, space, budget_for("cpu", get_split(s.split)))
+        searcher.set_search_properties(None, None, sweep._tune_param_space(space))
+        proposals.append([searcher.suggest(f"t{i}") for i in range(4)])
+    assert proposals[0] == proposals[1]
+
+
+def test_dry_run_prints_resources_and_locations(tmp_path, capsys):
+    assert main(["--dry-run", "--storage", str(tmp_path / "store"), "--workers-per-trial", "2"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["resources_per_trial"]["train_workers"] == 2
+    assert out["results"]["sweep_dir"].startswith(str(tmp_path / "store"))
+    assert out["trials"]["baselines"] == list(BASELINE_METHODS)
+    assert not (tmp_path / "store").exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--split", "digits_evn"], "did you mean 'digits_even'"),
+    (["--trials", "0"], "--trials=0 is invalid"),
+    (["--workers-per-trial", "0"], "--workers-per-trial=0 is invalid"),
+    (["--gpus-per-worker", "lots"], "--gpus-per-worker='lots' is invalid"),
+    (["--name", "../escape"], "--name='../escape' is invalid"),
+    (["--resume"], "no earlier sweep named"),
+    (["--mlflow-uri", "http://127.0.0.1:9"], "unreachable"),
+])
+def test_bad_input_fails_before_anything_runs(tmp_path, capsys, args, message):
+    store = tmp_path / "store"
+    code = main(["--storage", str(store), "--budget", "smoke", *args])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: ") and message in err and "\n" not in err
+    assert not store.exists()
+
+
+# --------------------------------------------------------------------------------------------- end to end
+
+
+def read_back(uri: str, experiment: str):
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return client, parents, children
+
+
+def run_cli(args, timeout=900, env=None):
+    return subprocess.run([sys.executable, "-m", "pudm_bench.sweep", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+@pytest.mark.slow
+def test_smoke_sweep_end_to_end_local_cluster(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # 1 searched trial with 2 Train workers (DDP over gloo) + 2 baselines, 2 trials at once; 4 logical CPUs.
+    done = run_cli(["--budget", "smoke", "--trials", "1", "--max-concurrent", "2", "--workers-per-trial", "2",
+                    "--num-cpus", "4", "--storage", str(tmp_path / "store"), "--mlflow-uri", uri, "--quiet"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Pareto front" in done.stdout and "Baselines" in done.stdout
+    client, parents, children = read_back(uri, "pudm-digits_even")
+    assert len(parents) == 1 and len(children) == 3
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["pudm.split"] == "digits_even" and len(parent.data.tags["pudm.split_fingerprint"]) == 16
+    assert "hypervolume" in parent.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"pareto_front.csv", "pareto.png", "all_trials.csv"} <= artifacts
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    assert len({c.data.tags["pudm.trial_id"] for c in children}) == 3
+    methods = sorted(c.data.params.get("method", "pu") for c in children)
+    assert methods == ["pu", "supervised", "unsupervised"]
+    for child in children:
+        assert child.info.status == "FINISHED"
+        metrics = child.data.metrics
+        assert 0.0 <= metrics["non_sensitive_rate"] <= 1.0
+        assert metrics["non_sensitive_rate_ci_low"] <= metrics["non_sensitive_rate"] <= metrics["non_sensitive_rate_ci_high"]
+        assert metrics["fd_classifier"] >= 0 and metrics["referee_balanced_accuracy"] >= 0.9
+        assert "samples.png" in {a.path for a in client.list_artifacts(child.info.run_id)}
+        # Training curves were logged with steps.
+        assert len(client.get_metric_history(child.info.run_id, "loss")) >= 2
+    # The searched trial trained with two DDP workers.
+    searched = [c for c in children if c.data.params.get("method", "pu") == "pu"][0]
+    assert "beta" in searched.data.params and "correction" in searched.data.params
+
+
+@pytest.mark.slow
+def test_smoke_sweep_joins_a_separately_started_cluster(tmp_path):
+    ray_bin = Path(sys.executable).parent / "ray"
+    env = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "RAY_ADDRESS": "",
+           "RAY_TMPDIR": str(tmp_path / "raytmp")}
+    started = subprocess.run([str(ray_bin), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", "0",
+                              "--num-cpus", "2", "--include-dashboard", "false", "--disable-usage-stats"],
+                             capture_output=True, text=True, timeout=180, env={**os.environ, **env})
+    assert started.returncode == 0, started.stderr[-2000:]
+    try:
+        uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+        done = run_cli(["--ray-address", "auto", "--budget", "smoke", "--trials", "1", "--no-baselines",
+                        "--storage", str(tmp_path / "store"), "--mlflow-uri", uri, "--quiet"], env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
+        _, parents, children = read_back(uri, "pudm-digits_even")
+        assert len(parents) == 1 and len(children) == 1 and children[0].info.status == "FINISHED"
+    finally:
+        subprocess.run([str(ray_bin), "stop", "--force"], capture_output=True, timeout=120, env={**os.environ, **env})
