@@ -1,5 +1,5 @@
 # Two commands on a fresh machine (see README):
-#   make run    -> creates .venv, installs pudm_bench, runs the default job
+#   make run    -> creates .venv, installs pudm_bench, runs the default sweep (digits, CPU, minutes)
 #   make test   -> creates .venv, installs pudm_bench[test], runs the whole test suite
 # Re-running is cheap: the install step is skipped while pyproject.toml is unchanged.
 
@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	$(PY) -m pudm_bench.train --split digits_even --method pu --beta 0.1 --correction abs --out runs/default
+	$(PY) -m pudm_bench.sweep
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -34,6 +34,7 @@ class Budget:
     sampler: str
     sample_steps: int
     model_preset: str | None = None  # None: the split's own preset
+    referee_epochs: int | None = None  # None: the referee's default for the split (see referee.py)
 
 
 def training_set_size(split: SplitSpec) -> int:
@@ -48,10 +49,12 @@ def budget_for(name: str, split: SplitSpec) -> Budget:
     if name == "smoke":
         return Budget(name, steps=20, batch_size=32, lr=1e-3, warmup_steps=5, log_every=10, checkpoint_every=10,
                       num_samples=48, sampler="ddim", sample_steps=5,
-                      model_preset=None if digits else "small")
+                      model_preset=None if digits else "small", referee_epochs=None if digits else 1)
     if name == "cpu":
         if digits:
-            return Budget(name, steps=800, batch_size=64, lr=1e-3, warmup_steps=50, log_every=50,
+            # Sized so that the default sweep (6 searched trials + 2 baselines, 2 at a time, one CPU thread each:
+            # ~0.24 s per step) finishes in under 15 minutes on 2 cores; see docs/quickstart.md for the measurement.
+            return Budget(name, steps=600, batch_size=64, lr=1e-3, warmup_steps=50, log_every=50,
                           checkpoint_every=200, num_samples=300, sampler="ddim", sample_steps=25)
         return Budget(name, steps=300, batch_size=32, lr=5e-4, warmup_steps=30, log_every=50, checkpoint_every=100,
                       num_samples=200, sampler="ddim", sample_steps=25, model_preset="small")

@@ -122,7 +122,7 @@ def trial_train_config(settings: SweepSettings, split: SplitSpec, space: SearchS
 def eval_config(settings: SweepSettings, budget: Budget) -> EvalConfig:
     return EvalConfig(num_samples=budget.num_samples, sampler=budget.sampler, sample_steps=budget.sample_steps,
                       sample_seed=settings.seed + 1234, quality_metric=settings.quality,
-                      fid="on" if settings.quality == "fid" else "off",
+                      fid="on" if settings.quality == "fid" else "off", referee_epochs=budget.referee_epochs,
                       cache_dir=str(settings.sweep_dir / "cache"))
 
 
@@ -139,7 +139,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
 
     context = ray.train.get_context()
     rank = context.get_world_rank()
-    torch.set_num_threads(max(1, int(loop_config["cpus_per_worker"])))
+    torch.set_num_threads(max(1, round(loop_config["cpus_per_worker"])))
     config = TrainConfig.from_dict(loop_config["train_config"])
     evaluation = EvalConfig(**loop_config["eval_config"])
     split = build_split(get_split(config.split, config.splits_dirs), seed=config.split_seed,
@@ -234,6 +234,7 @@ def run_trial(params: dict[str, Any], settings: SweepSettings) -> None:
             callbacks=[TuneReportCallback()],
             failure_config=ray.train.FailureConfig(max_failures=settings.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),  # not one line per report
         ),
     )
     trainer.fit()
@@ -435,7 +436,8 @@ def run_sweep(settings: SweepSettings, resume: bool, ray_address: str | None, nu
 
     # The referee is trained (or read from the cache) once, here, and refused before any trial trains if weak.
     evaluation = eval_config(settings, budget)
-    referee = get_referee(split, data_dir=settings.data_dir, download=settings.download, cache_dir=evaluation.cache_dir)
+    referee = get_referee(split, data_dir=settings.data_dir, download=settings.download, cache_dir=evaluation.cache_dir,
+                          epochs=evaluation.referee_epochs)
     check_referee(referee, evaluation.referee_floor)
 
     tracker = SweepTracker(settings.mlflow_uri, settings.experiment)
@@ -456,9 +458,12 @@ def run_sweep(settings: SweepSettings, resume: bool, ray_address: str | None, nu
     if not ray.is_initialized():
         if ray_address is None:
             os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local cluster of our own: no token prompts
-        ray.init(address=ray_address, num_cpus=num_cpus if ray_address is None else None,
-                 include_dashboard=False if ray_address is None else None, log_to_driver=verbose > 0)
-    trainable = tune.with_resources(tune.with_parameters(run_trial, settings=settings), {"cpu": 0.01})
+        local = ray_address is None
+        # The dashboard stays on (bound to 127.0.0.1): Ray Train's placement-group cleaner asks its state API
+        # whether a stopped trial's controller is gone; without it, early-stopped trials keep their CPUs.
+        local_options = {"num_cpus": num_cpus, "dashboard_host": "127.0.0.1"} if local else {}
+        ray.init(address=ray_address, log_to_driver=verbose > 0, **local_options)
+    trainable = tune.with_resources(tune.with_parameters(run_trial, settings=settings), {"cpu": TRIAL_DRIVER_CPU})
     tune_path = sweep_dir / "tune"
     start = time.perf_counter()
     if resume and tune.Tuner.can_restore(str(tune_path)):
@@ -536,7 +541,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=int, default=6, help="searched trials (baselines come on top)")
     p.add_argument("--max-concurrent", type=int, default=2, help="trials running at once (when resources allow)")
     p.add_argument("--workers-per-trial", type=int, default=1, help="Ray Train workers (DDP ranks) per trial")
-    p.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs reserved per Train worker")
+    p.add_argument("--cpus-per-worker", default="auto",
+                   help="CPUs reserved per Train worker; auto = 1 on a cluster, and on the local cluster the CPUs "
+                        "shared out so that --max-concurrent trials fit at once")
     p.add_argument("--gpus-per-worker", default="auto", help="GPUs per Train worker; auto = 1 when Ray sees GPUs, else 0")
     p.add_argument("--budget", default="cpu", choices=BUDGETS, help="training length and evaluation size")
     p.add_argument("--seed", type=int, default=0, help="seeds the Optuna sampler and every trial")
@@ -574,8 +581,7 @@ def settings_from_args(args: argparse.Namespace) -> SweepSettings:
     space = load_search_space(args.search_space)
     for name, minimum in (("trials", 1), ("max_concurrent", 1), ("workers_per_trial", 1), ("max_failures", 0)):
         _positive(f"--{name.replace('_', '-')}", getattr(args, name), minimum)
-    if args.cpus_per_worker <= 0:
-        raise ConfigError(f"--cpus-per-worker={args.cpus_per_worker} is invalid: expected a number > 0")
+    cpus = _cpus_per_worker(args)
     if args.gpus_per_worker == "auto":
         gpus = 1.0 if _ray_sees_gpus(args.ray_address) else 0.0
     else:
@@ -591,13 +597,35 @@ def settings_from_args(args: argparse.Namespace) -> SweepSettings:
         split=split.name, splits_dirs=tuple(str(Path(d).resolve()) for d in args.splits_dir),
         search_space=str(Path(args.search_space).resolve()), search_space_fingerprint=space.fingerprint(),
         quality=quality, trials=args.trials, max_concurrent=args.max_concurrent,
-        workers_per_trial=args.workers_per_trial, cpus_per_worker=args.cpus_per_worker, gpus_per_worker=gpus,
+        workers_per_trial=args.workers_per_trial, cpus_per_worker=cpus, gpus_per_worker=gpus,
         budget=args.budget, seed=args.seed, sampler=args.sampler, baselines=args.baselines,
         mlflow_uri=resolve_tracking_uri(args.mlflow_uri), experiment=args.experiment or f"pudm-{split.name}",
         storage=str(Path(args.storage).expanduser().resolve()) if "://" not in args.storage else args.storage,
         name=_safe_name(name), data_dir=str(Path(args.data_dir).resolve()) if args.data_dir else None,
         download=args.download, max_failures=args.max_failures,
     )
+
+
+TRIAL_DRIVER_CPU = 0.01  # the Tune trial function only waits on its TorchTrainer (0 CPUs is refused by Tune)
+
+
+def _cpus_per_worker(args: argparse.Namespace) -> float:
+    """auto: on the local cluster share the CPUs so that --max-concurrent trials fit at once next to their trial
+    functions' token CPU (with 1 CPU per worker on 2 cores, 2 x (1 + 0.01) > 2 and trials would run one by one);
+    on a cluster, 1."""
+    if args.cpus_per_worker != "auto":
+        try:
+            value = float(args.cpus_per_worker)
+        except ValueError:
+            value = -1.0
+        if value <= 0:
+            raise ConfigError(f"--cpus-per-worker={args.cpus_per_worker!r} is invalid: expected auto or a number > 0")
+        return value
+    if args.ray_address is not None:
+        return 1.0
+    total = args.num_cpus or os.cpu_count() or 1
+    share = (total - TRIAL_DRIVER_CPU * args.max_concurrent) / (args.max_concurrent * args.workers_per_trial)
+    return max(0.01, min(1.0, math.floor(share * 100) / 100))
 
 
 def _safe_name(name: str) -> str:

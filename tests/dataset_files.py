@@ -85,15 +85,20 @@ def write_cifar10(root: Path, train_labels: Sequence[int], test_labels: Sequence
     return Written(train, train_labels, test, test_labels)
 
 
-def write_stl10(root: Path, train_labels: Sequence[int], test_labels: Sequence[int], seed: int = 0) -> Written:
+def write_stl10(root: Path, train_labels: Sequence[int], test_labels: Sequence[int], seed: int = 0,
+                make_images=None) -> Written:
     """stl10_binary/: {train,test}_X.bin (uint8, each channel stored column-major), {train,test}_y.bin (1-based
-    uint8 labels), class_names.txt, and an empty unlabeled_X.bin (torchvision checks it exists for every split)."""
+    uint8 labels), class_names.txt, and an empty unlabeled_X.bin (torchvision checks it exists for every split).
+    ``make_images(rng, labels) -> uint8 (N, 3, 96, 96)`` replaces the random pixels (e.g. class-dependent ones)."""
     rng = np.random.default_rng(seed)
     folder = Path(root) / "stl10_binary"
     folder.mkdir(parents=True, exist_ok=True)
     parts = {}
     for split, labels in (("train", train_labels), ("test", test_labels)):
-        images = _random_images(rng, len(labels), 3, 96, 96)
+        if make_images is None:
+            images = _random_images(rng, len(labels), 3, 96, 96)
+        else:
+            images = np.ascontiguousarray(make_images(rng, np.asarray(labels)), dtype=np.uint8)
         (folder / f"{split}_X.bin").write_bytes(images.transpose(0, 1, 3, 2).tobytes())  # (N, C, W, H): column-major
         (folder / f"{split}_y.bin").write_bytes((np.asarray(labels) + 1).astype(np.uint8).tobytes())
         parts[split] = (images, np.asarray(labels, dtype=np.int64))

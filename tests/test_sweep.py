@@ -3,19 +3,18 @@ sweeps on a local Ray cluster and on a cluster started separately, read back thr
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from mlflow import MlflowClient
 
 from pudm_bench import sweep
 from pudm_bench.budgets import budget_for
 from pudm_bench.data.splits import get_split
-from pudm_bench.errors import ConfigError
 from pudm_bench.search_space import load_search_space
 from pudm_bench.sweep import BASELINE_METHODS, build_parser, main, make_searcher, settings_from_args, trial_train_config
 
@@ -170,3 +169,64 @@ def test_smoke_sweep_joins_a_separately_started_cluster(tmp_path):
         assert len(parents) == 1 and len(children) == 1 and children[0].info.status == "FINISHED"
     finally:
         subprocess.run([str(ray_bin), "stop", "--force"], capture_output=True, timeout=120, env={**os.environ, **env})
+
+
+STL10_VEHICLES = (0, 2, 8, 9)  # airplane, car, ship, truck in torchvision's STL10 class order
+
+
+def separable_stl10(rng, labels):
+    """Bright images for vehicles, dark ones for animals: a referee learns it in one epoch (the plumbing is under
+    test here, not the referee)."""
+    bright = np.isin(labels, STL10_VEHICLES)[:, None, None, None]
+    noise = rng.integers(0, 100, size=(len(labels), 3, 96, 96))
+    return np.where(bright, 155 + noise, noise).astype(np.uint8)
+
+
+@pytest.mark.slow
+def test_smoke_sweep_on_stl10_files_in_torchvision_format(tmp_path):
+    """stl10_vehicles (2,000 + 200 U, 200 S, 3,200 normal test) from STL10 binaries the test writes."""
+    from tests.dataset_files import write_stl10
+
+    data = tmp_path / "data"
+    train = [c for c in STL10_VEHICLES for _ in range(500)] + [c for c in (1, 3, 4, 5, 6, 7) for _ in range(70)]
+    test = [c for c in STL10_VEHICLES for _ in range(800)] + [c for c in (1, 3, 4, 5, 6, 7) for _ in range(10)]
+    write_stl10(data, train, test, make_images=separable_stl10)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    done = run_cli(["--dataset", "stl10", "--budget", "smoke", "--trials", "1", "--no-baselines", "--quality",
+                    "fd_classifier", "--data-dir", str(data), "--storage", str(tmp_path / "store"),
+                    "--mlflow-uri", uri, "--quiet"], env={"PUDM_BENCH_DATA": ""})
+    assert done.returncode == 0, done.stderr[-3000:]
+    _, parents, children = read_back(uri, "pudm-stl10_vehicles")
+    assert len(children) == 1 and children[0].info.status == "FINISHED"
+    assert parents[0].data.tags["pudm.dataset"] == "stl10"
+    assert 0.0 <= children[0].data.metrics["non_sensitive_rate"] <= 1.0
+
+
+@pytest.mark.slow
+def test_stopping_trials_early_frees_their_train_workers(tmp_path):
+    """More trials than fit at once, each stopped after its first report while its Train worker still runs: all
+    CPUs must be free again afterwards (Ray 2.60 needed ray[default] for this)."""
+    import ray
+    from ray import tune
+
+    s = settings(tmp_path, "--budget", "smoke")
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    ray.init(num_cpus=2, dashboard_host="127.0.0.1", log_to_driver=False)
+    try:
+        trainable = tune.with_resources(tune.with_parameters(sweep.run_trial, settings=s), {"cpu": 0.01})
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"beta": tune.uniform(0.05, 0.3), "correction": "abs", "lr": 1e-3},
+            tune_config=tune.TuneConfig(num_samples=3, max_concurrent_trials=3),
+            run_config=tune.RunConfig(storage_path=str(tmp_path / "tune"), stop={"training_iteration": 1},
+                                      verbose=0),
+        )
+        results = tuner.fit()
+        assert len(results) == 3
+        assert all(r.metrics.get("phase") == "train" for r in results)  # stopped during training, not after
+        deadline = time.time() + 90
+        while ray.available_resources().get("CPU", 0) < 2 and time.time() < deadline:
+            time.sleep(1)
+        assert ray.available_resources().get("CPU", 0) == pytest.approx(2)
+    finally:
+        ray.shutdown()
