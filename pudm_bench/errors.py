@@ -7,7 +7,8 @@ the CLIs print ``error: <message>`` and exit with status 2 instead of a tracebac
 from __future__ import annotations
 
 import difflib
-from typing import Iterable
+from pathlib import Path
+from typing import Any, Iterable
 
 
 class PudmError(Exception):
@@ -52,3 +53,19 @@ def check_keys(mapping: dict, allowed: Iterable[str], where: str, required: Iter
     missing = [k for k in required if k not in mapping]
     if missing:
         raise ConfigError(f"{where}: missing required key(s) {', '.join(missing)}")
+
+
+def read_yaml(path: str | Path, what: str, missing_hint: str = "") -> Any:
+    """``yaml.safe_load`` of a user file (no arbitrary objects), with one-line errors for a missing file and for
+    malformed YAML (naming the line)."""
+    import yaml
+
+    path = Path(path)
+    try:
+        return yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path} does not exist{missing_hint}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{what} {path}: malformed YAML{at}; fix the syntax (check indentation and colons)") from None

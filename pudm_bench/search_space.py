@@ -1,239 +1,437 @@
-"""Search spaces: a YAML file in ``search_spaces/`` -> typed distributions, validated when loaded.
+"""Search spaces: one YAML file in ``search_spaces/`` -> typed, frozen distributions, checked at load time.
 
-This module does not import Ray or Optuna: ``sweep.py`` turns these distributions into Ray Tune domains, which
-Ray's ``OptunaSearch`` converts to Optuna distributions. Only the kinds below are admitted (no code in YAML).
+A file names the method the searched trials train, the parameters to search and, optionally, TrainConfig values
+every searched trial uses::
 
-```yaml
-description: "PU-DM: class prior, correction and learning rate"
-method: pu                     # what the searched trials train (pu or pnu); the baselines come from the sweep
-params:
-  beta: {kind: uniform, low: 0.05, high: 0.3}
-  correction: {kind: choice, values: [abs, max]}
-  lr: {kind: loguniform, low: 2.0e-4, high: 3.0e-3}
-fixed:                         # optional TrainConfig values every searched trial uses
-  warmup_steps: 100
-```
+    description: "PU-DM: class prior, correction and learning rate"
+    method: pu
+    params:
+      beta: {kind: uniform, low: 0.05, high: 0.3}
+      correction: {kind: choice, values: [abs, max]}
+      lr: {kind: loguniform, low: 2.0e-4, high: 3.0e-3}
+    fixed:
+      warmup_steps: 100
+
+Only the kinds in ``KINDS`` are accepted (no code or class paths in YAML) and only the parameters in ``TUNABLE``.
+Every mistake raises a one-line ``ConfigError`` naming the file, the key, the value and the fix, before Ray starts.
+This module does not import Ray or Optuna: ``pudm_bench.sweep`` turns the distributions into Tune domains.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, ClassVar, Mapping, Union
 
 import yaml
 
-from pudm_bench.errors import ConfigError, check_keys, unknown_name
+from pudm_bench.config import TrainConfig
+from pudm_bench.errors import ConfigError, check_keys, read_yaml, unknown_name
 from pudm_bench.losses import CORRECTIONS
 
 DEFAULT_SEARCH_SPACE = Path(__file__).resolve().parents[1] / "search_spaces" / "default.yaml"
 KINDS = ("uniform", "loguniform", "int", "choice")
+# Baselines (unsupervised, supervised) have nothing to search; the sweep adds them next to the searched trials.
 SEARCHED_METHODS = ("pu", "pnu")
-TUNABLE = ("beta", "correction", "lr", "weight_decay", "warmup_steps", "ema_decay", "batch_size", "steps", "eta",
-           "grad_clip")
-INTEGER_PARAMS = ("warmup_steps", "batch_size", "steps")
-TOP_KEYS = ("description", "method", "params", "fixed")
-# Set by the sweep itself (split, data, method), not by a search space.
-FIXED_EXCLUDED = ("split", "method", "splits_dirs", "data_dir", "download", "sample")
+TOP_LEVEL_KEYS = ("description", "method", "params", "fixed")
+# TrainConfig fields a search space must not set, and who sets them instead.
+_SET_ELSEWHERE = {
+    "method": "the top-level method key",
+    "split": "the sweep's --split / --dataset",
+    "seed": "the sweep's --seed",
+    "split_seed": "the sweep's --seed",
+    "data_dir": "the sweep's --data-dir",
+    "download": "the sweep's --download",
+    "splits_dirs": "the sweep's --splits-dir",
+}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Values: numbers as PyYAML reads them
+
+
+def _yaml_float_spelling(text: str) -> str | None:
+    """A spelling of ``text`` that PyYAML reads as a float (``1e-5`` -> ``1.0e-5``, ``1.0e5`` -> ``1.0e+5``).
+
+    PyYAML follows YAML 1.1: a float needs a decimal point and, with an exponent, a signed exponent; anything else
+    that Python's float() would accept stays a string.
+    """
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    if not math.isfinite(number):
+        return None
+    mantissa, has_exponent, exponent = text.strip().lower().partition("e")
+    if "." not in mantissa:
+        mantissa += ".0"
+    if has_exponent and exponent[:1] not in ("+", "-"):
+        exponent = "+" + exponent
+    spelling = mantissa + (f"e{exponent}" if has_exponent else "")
+    return spelling if isinstance(yaml.safe_load(spelling), float) else None
+
+
+def _number(key: str, value: Any, whole: bool = False) -> int | float:
+    """``value`` as an int (``whole``) or a float, or a ConfigError naming ``key`` and how to write it."""
+    expected = "a whole number, e.g. 64" if whole else "a number, e.g. 1.0e-4"
+    if isinstance(value, str):
+        spelling = _yaml_float_spelling(value)
+        if spelling is not None:
+            if whole and float(spelling).is_integer():
+                spelling = str(int(float(spelling)))
+            raise ConfigError(f"{key}={value!r} is text, not a number (PyYAML reads a float only with a decimal point "
+                              f"and a signed exponent); write {spelling}")
+        raise ConfigError(f"{key}={value!r} is invalid: expected {expected}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{key}={value!r} is invalid: expected {expected}")
+    if not math.isfinite(value):
+        raise ConfigError(f"{key}={value!r} is invalid: expected a finite number")
+    if not whole:
+        return float(value)
+    if isinstance(value, float):
+        fix = f"write {int(value)}" if value.is_integer() else "use kind uniform for fractional values"
+        raise ConfigError(f"{key}={value!r} is invalid: expected a whole number; {fix}")
+    return value
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equality that keeps booleans apart from 0 and 1."""
+    return isinstance(a, bool) == isinstance(b, bool) and a == b
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Distributions (validated when built; the parser prefixes the file and parameter to their messages)
+
+
+def _check_bounds(low: float, high: float) -> None:
+    if low >= high:
+        raise ConfigError(f"low={low!r} >= high={high!r}: low must be below high (swap them, or move a single "
+                          f"value to fixed)")
 
 
 @dataclass(frozen=True)
 class Uniform:
+    """A float drawn uniformly from [low, high]."""
+
+    kind: ClassVar[str] = "uniform"
     low: float
     high: float
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "low", _number("low", self.low))
+        object.__setattr__(self, "high", _number("high", self.high))
+        _check_bounds(self.low, self.high)
+
     def contains(self, value: Any) -> bool:
-        return isinstance(value, (int, float)) and self.low <= value <= self.high
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and self.low <= value <= self.high
 
     def center(self) -> float:
         return (self.low + self.high) / 2
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "low": self.low, "high": self.high}
+
 
 @dataclass(frozen=True)
 class LogUniform:
+    """A float whose logarithm is drawn uniformly from [log low, log high]; for scales like learning rates."""
+
+    kind: ClassVar[str] = "loguniform"
     low: float
     high: float
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "low", _number("low", self.low))
+        object.__setattr__(self, "high", _number("high", self.high))
+        _check_bounds(self.low, self.high)
+        if self.low <= 0:
+            raise ConfigError(f"low={self.low!r} is invalid: loguniform takes the log of its bounds, so low must be "
+                              f"> 0 (e.g. 1.0e-5); use kind uniform to include 0")
+
     def contains(self, value: Any) -> bool:
-        return isinstance(value, (int, float)) and self.low <= value <= self.high
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and self.low <= value <= self.high
 
     def center(self) -> float:
         return math.sqrt(self.low * self.high)
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "low": self.low, "high": self.high}
+
 
 @dataclass(frozen=True)
 class IntRange:
-    """Integers low..high inclusive, in steps of ``step``."""
+    """An integer from low to high inclusive, in steps of ``step``.
 
+    With step > 1, low and high must be multiples of step: Ray Tune's qrandint draws multiples of step and Optuna
+    draws low + k * step, and only then are the two the same set of values.
+    """
+
+    kind: ClassVar[str] = "int"
     low: int
     high: int
     step: int = 1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "low", _number("low", self.low, whole=True))
+        object.__setattr__(self, "high", _number("high", self.high, whole=True))
+        object.__setattr__(self, "step", _number("step", self.step, whole=True))
+        if self.step < 1:
+            raise ConfigError(f"step={self.step!r} is invalid: expected a whole number >= 1")
+        _check_bounds(self.low, self.high)
+        if self.step > 1 and (self.low % self.step or self.high % self.step):
+            raise ConfigError(f"low={self.low}, high={self.high} with step={self.step}: both bounds must be multiples "
+                              f"of step (e.g. low: {self.step * -(-self.low // self.step)}, "
+                              f"high: {self.step * (self.high // self.step)})")
 
     def contains(self, value: Any) -> bool:
         return (isinstance(value, int) and not isinstance(value, bool) and self.low <= value <= self.high
                 and (value - self.low) % self.step == 0)
 
     def center(self) -> int:
-        return self.low + ((self.high - self.low) // 2 // self.step) * self.step
+        """The grid value at or just below the midpoint."""
+        return self.low + self.step * ((self.high - self.low) // self.step // 2)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "low": self.low, "high": self.high, "step": self.step}
 
 
 @dataclass(frozen=True)
 class Choice:
-    values: tuple
+    """One of ``values`` (strings, numbers, booleans or null); the first one is the center."""
+
+    kind: ClassVar[str] = "choice"
+    values: tuple[Any, ...]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.values, (list, tuple)) or not self.values:
+            raise ConfigError(f"values={self.values!r} is invalid: expected a non-empty list, e.g. values: [abs, max]")
+        for value in self.values:
+            if value is not None and not isinstance(value, (str, int, float, bool)):
+                raise ConfigError(f"values lists {value!r}: each value must be a string, number, boolean or null")
+        for i, value in enumerate(self.values):
+            if any(_same(value, other) for other in self.values[:i]):
+                raise ConfigError(f"values={list(self.values)!r} lists {value!r} twice; list each value once")
+        object.__setattr__(self, "values", tuple(self.values))
 
     def contains(self, value: Any) -> bool:
-        return value in self.values
+        return any(_same(value, v) for v in self.values)
 
     def center(self) -> Any:
         return self.values[0]
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "values": list(self.values)}
 
-Distribution = Uniform | LogUniform | IntRange | Choice
+
+Distribution = Union[Uniform, LogUniform, IntRange, Choice]
+_DISTRIBUTIONS: dict[str, type] = {cls.kind: cls for cls in (Uniform, LogUniform, IntRange, Choice)}
+_EXAMPLES = {
+    "uniform": "{kind: uniform, low: 0.05, high: 0.3}",
+    "loguniform": "{kind: loguniform, low: 2.0e-4, high: 3.0e-3}",
+    "int": "{kind: int, low: 32, high: 128, step: 32}",
+    "choice": "{kind: choice, values: [abs, max]}",
+}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tunable parameters and the values each accepts
+
+
+@dataclass(frozen=True)
+class _Domain:
+    """What one TrainConfig field accepts: ``real`` numbers, ``whole`` numbers or ``names``."""
+
+    value_type: str
+    accepts: Callable[[Any], bool] = lambda v: True
+    expected: str = ""
+    names: tuple[str, ...] = ()
+    nullable: bool = False
+
+
+DOMAINS: dict[str, _Domain] = {
+    "beta": _Domain("real", lambda v: 0 < v < 1, "strictly inside (0, 1): it is a class prior, the sensitive share "
+                    "of U (e.g. low: 0.05, high: 0.3)"),
+    "correction": _Domain("names", names=CORRECTIONS),
+    "lr": _Domain("real", lambda v: 0 < v < 1, "in (0, 1), e.g. 1.0e-4"),
+    "weight_decay": _Domain("real", lambda v: v >= 0, ">= 0, e.g. 1.0e-2"),
+    "warmup_steps": _Domain("whole", lambda v: v >= 0, ">= 0"),
+    "ema_decay": _Domain("real", lambda v: 0 < v < 1, "in (0, 1), e.g. 0.999", nullable=True),
+    "batch_size": _Domain("whole", lambda v: v >= 2, ">= 2"),
+    "steps": _Domain("whole", lambda v: v >= 1, ">= 1"),
+    "eta": _Domain("real", lambda v: v >= 0, ">= 0, e.g. 1.0"),
+    "grad_clip": _Domain("real", lambda v: v > 0, "> 0, e.g. 1.0"),
+}
+TUNABLE = tuple(DOMAINS)
+
+
+def _check_value(name: str, key: str, value: Any) -> Any:
+    """``value`` checked (and normalised) as a value of TrainConfig field ``name``; ``key`` names it in errors."""
+    domain = DOMAINS[name]
+    if value is None:
+        if domain.nullable:
+            return None
+        raise ConfigError(f"{key}=null is invalid: {name} needs a value")
+    if domain.value_type == "names":
+        if value not in domain.names:
+            raise unknown_name(name, value, domain.names, key)
+        return value
+    number = _number(key, value, whole=domain.value_type == "whole")
+    if not domain.accepts(number):
+        raise ConfigError(f"{key}={value!r} is invalid: {name} must be {domain.expected}")
+    return number
+
+
+def _check_distribution(name: str, dist: Distribution, where: str) -> Distribution:
+    """Reject a kind that cannot hold ``name``'s values and any bound or choice outside its domain."""
+    domain = DOMAINS[name]
+    if domain.value_type == "names" and not isinstance(dist, Choice):
+        raise ConfigError(f"{where}: kind={dist.kind!r} is invalid for {name}, which takes names: use "
+                          f"{{kind: choice, values: [{', '.join(domain.names)}]}}")
+    if domain.value_type == "whole" and not isinstance(dist, (IntRange, Choice)):
+        raise ConfigError(f"{where}: kind={dist.kind!r} is invalid for {name}, which takes whole numbers: use "
+                          f"{_EXAMPLES['int']} or a choice of integers")
+    if isinstance(dist, Choice):
+        return Choice(tuple(_check_value(name, f"{where}: values[{i}]", v) for i, v in enumerate(dist.values)))
+    for bound in ("low", "high"):
+        _check_value(name, f"{where}: {bound}", getattr(dist, bound))
+    return dist
+
+
+def _parse_distribution(name: str, spec: Any, where: str) -> Distribution:
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where}={spec!r} is not a distribution: write e.g. {_EXAMPLES['uniform']}, or move "
+                          f"{name} to fixed to use one value in every trial")
+    if "kind" not in spec:
+        raise ConfigError(f"{where}: missing kind; use one of {', '.join(KINDS)}, e.g. {_EXAMPLES['uniform']}")
+    kind = spec["kind"]
+    if kind not in _DISTRIBUTIONS:
+        raise unknown_name("distribution kind", kind, KINDS, where)
+    cls = _DISTRIBUTIONS[kind]
+    fields = [f.name for f in dataclasses.fields(cls)]
+    check_keys(spec, ["kind", *fields], where)
+    missing = [f.name for f in dataclasses.fields(cls)
+               if f.default is dataclasses.MISSING and f.name not in spec]
+    if missing:
+        raise ConfigError(f"{where}: kind {kind} needs {' and '.join(missing)}, e.g. {_EXAMPLES[kind]}")
+    try:
+        dist = cls(**{k: v for k, v in spec.items() if k != "kind"})
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    return _check_distribution(name, dist, where)
+
+
+def _not_tunable(name: str, where: str) -> ConfigError:
+    if name in _SET_ELSEWHERE:
+        return ConfigError(f"{where}: {name} is not tunable in a search space: it is set by {_SET_ELSEWHERE[name]}")
+    return unknown_name("parameter", name, TUNABLE, where)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The search space
 
 
 @dataclass(frozen=True)
 class SearchSpace:
+    """The parameters searched for ``method`` (pu or pnu) and the TrainConfig values fixed for every trial.
+
+    ``params`` keeps the file's order. Build one with ``load_search_space`` / ``parse_search_space``, which validate.
+    """
+
     method: str
-    params: Mapping[str, Distribution]
-    fixed: Mapping[str, Any] = field(default_factory=dict)
+    params: dict[str, Distribution]
+    fixed: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     source: str = "<memory>"
 
     def center(self) -> dict[str, Any]:
-        """A representative configuration (midpoint, geometric mean, first choice)."""
+        """A representative trial: each parameter's midpoint (geometric for loguniform) or first choice."""
         return {name: dist.center() for name, dist in self.params.items()}
 
+    def contains(self, config: Mapping[str, Any]) -> bool:
+        """Whether ``config`` gives every searched parameter a value its distribution can draw."""
+        return all(name in config and dist.contains(config[name]) for name, dist in self.params.items())
+
+    def to_dict(self) -> dict[str, Any]:
+        """The file's content (what ``parse_search_space`` reads back into an equal SearchSpace)."""
+        return {"description": self.description, "method": self.method,
+                "params": {name: dist.to_dict() for name, dist in self.params.items()}, "fixed": dict(self.fixed)}
+
     def fingerprint(self) -> str:
-        """sha256 prefix of the canonical content (not the file's comments): detects a changed space on resume."""
-        payload = {"method": self.method, "fixed": dict(sorted(self.fixed.items())),
-                   "params": {k: [type(v).__name__, repr(v)] for k, v in sorted(self.params.items())}}
-        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _number(where: str, key: str, value: Any, integer: bool = False) -> float:
-    if isinstance(value, str):
-        try:
-            float(value)
-            hint = f"; write it with a decimal point (e.g. {value.replace('e', '.0e', 1) if 'e' in value and '.' not in value else value}) or unquoted"
-        except ValueError:
-            hint = ""
-        raise ConfigError(f"{where}: {key}={value!r} is a string, not a number{hint} (PyYAML reads 1e-5 as text)")
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"{where}: {key}={value!r} is invalid: expected a number")
-    if integer and not isinstance(value, int):
-        raise ConfigError(f"{where}: {key}={value!r} is invalid: expected an integer")
-    return value
-
-
-def _parse_distribution(name: str, spec: Any, where: str) -> Distribution:
-    where = f"{where}: params.{name}"
-    if not isinstance(spec, dict) or "kind" not in spec:
-        raise ConfigError(f"{where} must be a mapping with a 'kind' (one of {', '.join(KINDS)})")
-    kind = spec["kind"]
-    if kind not in KINDS:
-        raise unknown_name("distribution kind", kind, KINDS, where)
-    if kind == "choice":
-        check_keys(spec, ("kind", "values"), where, required=("values",))
-        values = spec["values"]
-        if not isinstance(values, list) or not values:
-            raise ConfigError(f"{where}: values must be a non-empty list")
-        if len({json.dumps(v, sort_keys=True, default=str) for v in values}) != len(values):
-            raise ConfigError(f"{where}: values lists an entry twice: {values}")
-        return Choice(tuple(values))
-    allowed = ("kind", "low", "high", "step") if kind == "int" else ("kind", "low", "high")
-    check_keys(spec, allowed, where, required=("low", "high"))
-    integer = kind == "int"
-    low = _number(where, "low", spec["low"], integer)
-    high = _number(where, "high", spec["high"], integer)
-    if low >= high:
-        raise ConfigError(f"{where}: low={low} must be below high={high}")
-    if kind == "loguniform" and low <= 0:
-        raise ConfigError(f"{where}: loguniform needs low > 0 (got {low}); use uniform for ranges that include 0")
-    if kind == "uniform":
-        return Uniform(float(low), float(high))
-    if kind == "loguniform":
-        return LogUniform(float(low), float(high))
-    step = spec.get("step", 1)
-    if isinstance(step, bool) or not isinstance(step, int) or step < 1:
-        raise ConfigError(f"{where}: step={step!r} is invalid: expected an integer >= 1")
-    return IntRange(int(low), int(high), step)
-
-
-def _check_domain(name: str, dist: Distribution, where: str) -> None:
-    """Per-parameter sanity: the values a distribution can produce must be valid for that parameter."""
-    where = f"{where}: params.{name}"
-    if name == "beta":
-        values = dist.values if isinstance(dist, Choice) else (dist.low, dist.high)
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1 for v in values):
-            raise ConfigError(f"{where}: the class prior beta must lie strictly inside (0, 1); got {values}")
-    elif name == "correction":
-        if not isinstance(dist, Choice) or not all(v in CORRECTIONS for v in dist.values):
-            raise ConfigError(f"{where}: correction must be a choice of {', '.join(CORRECTIONS)}")
-    elif name == "lr":
-        values = dist.values if isinstance(dist, Choice) else (dist.low, dist.high)
-        if not all(isinstance(v, (int, float)) and 0 < v < 1 for v in values):
-            raise ConfigError(f"{where}: learning rates must lie in (0, 1); got {values}")
-    elif name in INTEGER_PARAMS:
-        ok = isinstance(dist, IntRange) or (isinstance(dist, Choice) and all(
-            isinstance(v, int) and not isinstance(v, bool) for v in dist.values))
-        if not ok:
-            raise ConfigError(f"{where}: {name} is an integer: use kind int or a choice of integers")
+        """sha256 prefix of what decides the trials (method, params, fixed), not of the description or file name:
+        ``--resume`` compares it to refuse continuing a sweep whose search space has changed."""
+        content = {k: v for k, v in self.to_dict().items() if k != "description"}
+        canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 def parse_search_space(data: Any, source: str = "<memory>") -> SearchSpace:
+    """Validate the content of a search-space file (as ``yaml.safe_load`` returns it) into a SearchSpace."""
     where = f"search space {source}"
-    check_keys(data, TOP_KEYS, where, required=("params",))
-    method = data.get("method", "pu")
+    if data is None:
+        raise ConfigError(f"{where} is empty: it needs method and params, e.g. as in {DEFAULT_SEARCH_SPACE.name}")
+    check_keys(data, TOP_LEVEL_KEYS, where)
+
+    method = data.get("method")
+    if method is None:
+        raise ConfigError(f"{where}: missing method; add `method: pu` (or pnu)")
     if method not in SEARCHED_METHODS:
-        raise ConfigError(f"{where}: method={method!r} is invalid: searched trials train one of "
-                          f"{', '.join(SEARCHED_METHODS)} (the baselines come with the sweep: --baselines)")
-    params_data = data["params"]
-    if not isinstance(params_data, dict) or not params_data:
-        raise ConfigError(f"{where}: params must be a non-empty mapping of parameter names to distributions")
+        if method in ("unsupervised", "supervised"):
+            raise ConfigError(f"{where}: method={method!r} is invalid: a baseline has nothing to search and the sweep "
+                              f"trains the baselines itself (--baselines); use method: pu or pnu")
+        raise unknown_name("method", method, SEARCHED_METHODS, where)
+    # With the method pu or pnu, beta and correction always apply; eta only to pnu (checked below).
+
+    description = data.get("description", "")
+    if not isinstance(description, str):
+        raise ConfigError(f"{where}: description={description!r} is invalid: expected text (quote it)")
+
+    raw_params = data.get("params")
+    if not isinstance(raw_params, dict) or not raw_params:
+        raise ConfigError(f"{where}: params={raw_params!r} is invalid: expected a non-empty mapping of parameter to "
+                          f"distribution, e.g. params: {{lr: {_EXAMPLES['loguniform']}}}")
     params: dict[str, Distribution] = {}
-    for name, spec in params_data.items():
-        if name not in TUNABLE:
-            raise unknown_name("tunable parameter", name, TUNABLE, where)
-        params[name] = _parse_distribution(name, spec, where)
-        _check_domain(name, params[name], where)
-    fixed = data.get("fixed") or {}
-    if not isinstance(fixed, dict):
-        raise ConfigError(f"{where}: fixed must be a mapping of TrainConfig keys to values")
-    for name in fixed:
+    for name, spec in raw_params.items():
+        if name not in DOMAINS:
+            raise _not_tunable(name, f"{where}: params")
+        params[name] = _parse_distribution(name, spec, f"{where}: params.{name}")
+
+    raw_fixed = data.get("fixed") or {}
+    if not isinstance(raw_fixed, dict):
+        raise ConfigError(f"{where}: fixed={raw_fixed!r} is invalid: expected a mapping such as "
+                          f"fixed: {{warmup_steps: 100}}")
+    fixed: dict[str, Any] = {}
+    for name, value in raw_fixed.items():
+        if name not in DOMAINS:
+            raise _not_tunable(name, f"{where}: fixed")
         if name in params:
-            raise ConfigError(f"{where}: {name} is both searched (params) and fixed; keep one")
-    space = SearchSpace(method=method, params=params, fixed=dict(fixed), description=str(data.get("description", "")),
-                        source=source)
-    _check_fixed(space, where)
+            raise ConfigError(f"{where}: {name} is both in params and in fixed; keep it in one of them")
+        fixed[name] = _check_value(name, f"{where}: fixed.{name}", value)
+
+    chosen = {**params, **fixed}
+    if "beta" not in chosen:
+        raise ConfigError(f"{where}: method {method} needs the class prior beta: add it to params (e.g. beta: "
+                          f"{_EXAMPLES['uniform']}) or to fixed")
+    if "eta" in chosen and method != "pnu":
+        raise ConfigError(f"{where}: eta weights the labeled-normal term of pnu and method {method} does not use it; "
+                          f"remove eta or set method: pnu")
+
+    space = SearchSpace(method=method, params=params, fixed=fixed, description=description, source=str(source))
+    try:  # the combination, as every trial will build it (TrainConfig checks what single values cannot show)
+        TrainConfig(method=method, **space.center(), **fixed)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: fixed values with the center of params are invalid: {exc}") from None
     return space
 
 
-def _check_fixed(space: SearchSpace, where: str) -> None:
-    """Build the TrainConfig a searched trial would get at the space's center: bad fixed values fail now."""
-    import dataclasses
-
-    from pudm_bench.config import TrainConfig
-
-    allowed = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in FIXED_EXCLUDED]
-    check_keys(dict(space.fixed), allowed, f"{where}: fixed")
-    values = {"method": space.method, "beta": 0.1, **space.fixed, **space.center()}
-    try:
-        TrainConfig(**values)
-    except ConfigError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
-
-
 def load_search_space(path: str | Path) -> SearchSpace:
+    """Read and validate a search-space YAML file."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"search space file {path} does not exist; see search_spaces/ for examples") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"search space {path}: malformed YAML{at}; fix the syntax") from None
+    if path.is_dir():
+        raise ConfigError(f"search space {path} is a folder; pass one YAML file in it to --search-space")
+    shipped = f"; pass a YAML file to --search-space (shipped: {DEFAULT_SEARCH_SPACE.parent})"
+    data = read_yaml(path, "search space", shipped)
     return parse_search_space(data, str(path))

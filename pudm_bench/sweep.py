@@ -29,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
@@ -70,7 +70,7 @@ class SweepSettings:
     max_concurrent: int
     workers_per_trial: int
     cpus_per_worker: float
-    gpus_per_worker: float
+    gpus_per_worker: float | None  # None: auto, resolved once Ray is up (1 when the cluster has GPUs)
     budget: str
     seed: int
     sampler: str
@@ -440,6 +440,17 @@ def run_sweep(settings: SweepSettings, resume: bool, ray_address: str | None, nu
                           epochs=evaluation.referee_epochs)
     check_referee(referee, evaluation.referee_floor)
 
+    if not ray.is_initialized():
+        if ray_address is None:
+            os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local cluster of our own: no token prompts
+        local = ray_address is None
+        # The dashboard stays on (bound to 127.0.0.1): Ray Train's placement-group cleaner asks its state API
+        # whether a stopped trial's controller is gone; without it, early-stopped trials keep their CPUs.
+        local_options = {"num_cpus": num_cpus, "dashboard_host": "127.0.0.1"} if local else {}
+        ray.init(address=ray_address, log_to_driver=verbose > 0, **local_options)
+    if settings.gpus_per_worker is None:
+        settings = replace(settings, gpus_per_worker=1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0)
+
     tracker = SweepTracker(settings.mlflow_uri, settings.experiment)
     previous = json.loads(sweep_json.read_text()) if sweep_json.is_file() else {}
     parent_id = tracker.start_sweep(
@@ -455,14 +466,6 @@ def run_sweep(settings: SweepSettings, resume: bool, ray_address: str | None, nu
     sweep_json.write_text(json.dumps({**asdict(settings), "parent_run_id": parent_id,
                                       "referee_balanced_accuracy": referee.balanced_accuracy}, indent=2))
 
-    if not ray.is_initialized():
-        if ray_address is None:
-            os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local cluster of our own: no token prompts
-        local = ray_address is None
-        # The dashboard stays on (bound to 127.0.0.1): Ray Train's placement-group cleaner asks its state API
-        # whether a stopped trial's controller is gone; without it, early-stopped trials keep their CPUs.
-        local_options = {"num_cpus": num_cpus, "dashboard_host": "127.0.0.1"} if local else {}
-        ray.init(address=ray_address, log_to_driver=verbose > 0, **local_options)
     trainable = tune.with_resources(tune.with_parameters(run_trial, settings=settings), {"cpu": TRIAL_DRIVER_CPU})
     tune_path = sweep_dir / "tune"
     start = time.perf_counter()
@@ -544,7 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus-per-worker", default="auto",
                    help="CPUs reserved per Train worker; auto = 1 on a cluster, and on the local cluster the CPUs "
                         "shared out so that --max-concurrent trials fit at once")
-    p.add_argument("--gpus-per-worker", default="auto", help="GPUs per Train worker; auto = 1 when Ray sees GPUs, else 0")
+    p.add_argument("--gpus-per-worker", default="auto", help="GPUs per Train worker; auto = 1 when the Ray cluster has GPUs, else 0")
     p.add_argument("--budget", default="cpu", choices=BUDGETS, help="training length and evaluation size")
     p.add_argument("--seed", type=int, default=0, help="seeds the Optuna sampler and every trial")
     p.add_argument("--sampler", default="tpe", choices=SAMPLERS, help="Optuna sampler")
@@ -583,7 +586,7 @@ def settings_from_args(args: argparse.Namespace) -> SweepSettings:
         _positive(f"--{name.replace('_', '-')}", getattr(args, name), minimum)
     cpus = _cpus_per_worker(args)
     if args.gpus_per_worker == "auto":
-        gpus = 1.0 if _ray_sees_gpus(args.ray_address) else 0.0
+        gpus = None
     else:
         try:
             gpus = float(args.gpus_per_worker)
@@ -634,17 +637,6 @@ def _safe_name(name: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}", name) or ".." in name:
         raise ConfigError(f"--name={name!r} is invalid: use letters, digits, '_', '-' or '.', no path separators")
     return name
-
-
-def _ray_sees_gpus(address: str | None) -> bool:
-    if address is not None:
-        return False  # decided by the cluster's resources at run time would need a connection; be explicit
-    try:
-        import torch
-
-        return torch.cuda.is_available()
-    except ImportError:
-        return False
 
 
 def print_summary(outcome: dict[str, Any], settings: SweepSettings) -> None:

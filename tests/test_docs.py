@@ -6,10 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from pudm_bench import evaluate, fid, splits, train
+from pudm_bench import evaluate, fid, report, splits, sweep, train
 
 CLI_DOC = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
 COMMANDS = {
+    "python -m pudm_bench.sweep": sweep.build_parser,
+    "python -m pudm_bench.report": report.build_parser,
     "python -m pudm_bench.train": train.build_parser,
     "python -m pudm_bench.evaluate": evaluate.build_parser,
     "python -m pudm_bench.splits": splits.build_parser,
@@ -54,7 +56,7 @@ def test_cli_reference_is_current(monkeypatch):
                     assert help_text in squeezed, f"{name}{suffix}: help of {action.dest!r} changed (regenerate docs/cli.md)"
 
 
-@pytest.mark.parametrize("doc", ["concepts.md", "splits.md", "cli.md", "metrics.md"])
+@pytest.mark.parametrize("doc", ["concepts.md", "splits.md", "cli.md", "metrics.md", "quickstart.md", "cluster.md"])
 def test_readme_links_exist(doc):
     assert (CLI_DOC.parent / doc).is_file()
     assert f"docs/{doc}" in (CLI_DOC.parents[1] / "README.md").read_text()

@@ -23,10 +23,9 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 import torch
-import yaml
 
 from pudm_bench.data.base import ImageSource, check_options, get_dataset
-from pudm_bench.errors import ConfigError, DataNotFoundError, check_keys, unknown_name
+from pudm_bench.errors import ConfigError, DataNotFoundError, check_keys, read_yaml, unknown_name
 from pudm_bench.models import MODEL_PRESETS
 
 BUILTIN_SPLITS_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "splits"
@@ -196,15 +195,7 @@ def check_class_names(spec: SplitSpec, available: Iterable[str]) -> None:
 
 
 def load_split_file(path: str | Path) -> SplitSpec:
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"split file {path} does not exist") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"split file {path}: malformed YAML{at}; fix the syntax (check indentation and colons)") from None
+    data = read_yaml(path, "split file")
     return parse_split(data, str(path))
 
 
