@@ -31,7 +31,7 @@ from pudm_bench.errors import ConfigError, DataNotFoundError, PudmError
 from pudm_bench.fid import fid as inception_fid
 from pudm_bench.fid import frechet_distance, resolve_fid_weights
 from pudm_bench.referee import Referee, check_referee, get_referee
-from pudm_bench.sampling import sample_images
+from pudm_bench.sampling import sample_images, save_grid
 
 FID_CHOICES = ("auto", "on", "off")
 
@@ -131,8 +131,10 @@ def score_images(samples: torch.Tensor, split: BuiltSplit, config: EvalConfig, r
 
 
 def evaluate_model(model, noise_scheduler, split: BuiltSplit, config: EvalConfig, data_dir: str | None = None,
-                   download: bool = False, device: torch.device | str | None = None) -> dict[str, Any]:
-    """Sample ``config.num_samples`` images and score them (the function every sweep trial calls)."""
+                   download: bool = False, device: torch.device | str | None = None,
+                   grid_path: str | Path | None = None) -> dict[str, Any]:
+    """Sample ``config.num_samples`` images and score them (the function every sweep trial calls); with
+    ``grid_path``, the first 64 of the scored samples are also saved as a PNG grid."""
     referee = get_referee(split.spec, data_dir=data_dir, download=download, cache_dir=config.cache_dir,
                           path=config.referee_path, epochs=config.referee_epochs)
     check_referee(referee, config.referee_floor)  # refuse before spending time on sampling
@@ -142,6 +144,8 @@ def evaluate_model(model, noise_scheduler, split: BuiltSplit, config: EvalConfig
                             steps=config.sample_steps, batch_size=config.sample_batch_size,
                             seed=config.sample_seed, device=device)
     sample_seconds = time.perf_counter() - start
+    if grid_path is not None:
+        save_grid(samples[:64], grid_path)
     metrics = score_images(samples, split, config, referee, device=device)
     metrics.update({"sample_seconds": round(sample_seconds, 3), "sampler": config.sampler,
                     "sample_steps": config.sample_steps, "split_fingerprint": split.fingerprint})
@@ -165,7 +169,8 @@ def evaluate_run(run_dir: str | Path, config: EvalConfig, device: str | None = N
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = UNet2DModel.from_pretrained(str(pipeline_dir / "unet")).to(device).eval()
     noise_scheduler = DDPMScheduler.from_pretrained(str(pipeline_dir / "scheduler"))
-    metrics = evaluate_model(model, noise_scheduler, split, config, data_dir=train_config.data_dir, device=device)
+    metrics = evaluate_model(model, noise_scheduler, split, config, data_dir=train_config.data_dir, device=device,
+                             grid_path=run_dir / "eval_samples.png")
     metrics["eval_config"] = asdict(config)
     (run_dir / "eval.json").write_text(json.dumps(metrics, indent=2))
     return metrics
@@ -176,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m pudm_bench.evaluate",
         description="Score a trained run: non-sensitive rate (95% Wilson interval), fd_classifier and Inception "
-                    "FID; writes RUN/eval.json.",
+                    "FID; writes RUN/eval.json and a grid of the scored samples, RUN/eval_samples.png.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--run", required=True, metavar="DIR", help="run directory written by python -m pudm_bench.train")

@@ -181,10 +181,9 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     final_dir.mkdir()
     if rank == 0:
         start = time.perf_counter()
-        metrics = evaluate_model(result.model, result.noise_scheduler, split, evaluation,
-                                 data_dir=config.data_dir, download=config.download)
+        metrics = evaluate_model(result.model, result.noise_scheduler, split, evaluation, data_dir=config.data_dir,
+                                 download=config.download, grid_path=final_dir / "samples.png")
         final.update({k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)})
-        final[metrics["quality_metric"]] = metrics["quality"]
         final.update({"train_seconds": result.train_seconds, "eval_seconds": time.perf_counter() - start,
                       "steps": result.step, "resumed_from_step": result.resumed_from})
         # The final checkpoint: the last training state (so a re-run resumes with nothing left to train) plus what
@@ -192,11 +191,6 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         last = run_dir / "checkpoints" / f"step_{result.step:08d}"
         shutil.copytree(last, final_dir, dirs_exist_ok=True)
         save_pipeline(result, final_dir)
-        from pudm_bench.sampling import sample_images, save_grid
-
-        grid = sample_images(result.model, result.noise_scheduler, num_images=64, sampler=evaluation.sampler,
-                             steps=evaluation.sample_steps, seed=evaluation.sample_seed, device=next(result.model.parameters()).device)
-        save_grid(grid, final_dir / "samples.png")
         (final_dir / "eval.json").write_text(json.dumps(metrics, indent=2, default=str))
         (final_dir / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2))
     ckpt = ray.train.Checkpoint.from_directory(str(final_dir)) if rank == 0 else None
@@ -557,7 +551,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", default=None, help="MLflow experiment (default: pudm-<split>)")
     p.add_argument("--ray-address", default=None, help="'auto' joins a running cluster; default starts a local one")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray cluster (default: all)")
-    p.add_argument("--storage", default="pudm_runs", metavar="PATH", help="sweep storage (a shared filesystem on clusters)")
+    p.add_argument("--storage", default="pudm_runs", metavar="PATH",
+                   help="sweep storage: checkpoints, Tune state, caches (a shared filesystem path on clusters)")
     p.add_argument("--name", default=None, help="sweep name (default: <split>-<search space>-<budget>-s<seed>)")
     p.add_argument("--max-failures", type=int, default=1, help="retries of a trial whose worker died (not for a diverged loss)")
     p.add_argument("--data-dir", default=None, help="folder holding downloaded datasets")
@@ -603,10 +598,19 @@ def settings_from_args(args: argparse.Namespace) -> SweepSettings:
         workers_per_trial=args.workers_per_trial, cpus_per_worker=cpus, gpus_per_worker=gpus,
         budget=args.budget, seed=args.seed, sampler=args.sampler, baselines=args.baselines,
         mlflow_uri=resolve_tracking_uri(args.mlflow_uri), experiment=args.experiment or f"pudm-{split.name}",
-        storage=str(Path(args.storage).expanduser().resolve()) if "://" not in args.storage else args.storage,
+        storage=_storage_path(args.storage),
         name=_safe_name(name), data_dir=str(Path(args.data_dir).resolve()) if args.data_dir else None,
         download=args.download, max_failures=args.max_failures,
     )
+
+
+def _storage_path(storage: str) -> str:
+    """An absolute filesystem path (Tune and Train change the working directory). Object-store URIs are refused:
+    the driver reads each trial's final artifacts from this folder to log them to MLflow."""
+    if "://" in storage:
+        raise ConfigError(f"--storage={storage!r}: URIs are not supported; give a filesystem path (on a cluster, a "
+                          "shared mount every node sees at the same path)")
+    return str(Path(storage).expanduser().resolve())
 
 
 TRIAL_DRIVER_CPU = 0.01  # the Tune trial function only waits on its TorchTrainer (0 CPUs is refused by Tune)

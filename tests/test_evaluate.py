@@ -98,6 +98,7 @@ def trained_run(tmp_path_factory):
 def test_evaluate_cli_scores_a_trained_run(trained_run, digits_referee, capsys):
     assert main(["--run", str(trained_run), "--num-samples", "16", "--sample-steps", "3", "--fid", "off"]) == 0
     written = json.loads((trained_run / "eval.json").read_text())
+    assert (trained_run / "eval_samples.png").is_file()
     for key in ("non_sensitive_rate", "non_sensitive_rate_ci_low", "non_sensitive_rate_ci_high", "fd_classifier",
                 "referee_balanced_accuracy", "referee_normal_rate_on_real_normal",
                 "referee_normal_rate_on_real_sensitive"):

@@ -91,6 +91,7 @@ def test_dry_run_prints_resources_and_locations(tmp_path, capsys):
     (["--name", "../escape"], "--name='../escape' is invalid"),
     (["--resume"], "no earlier sweep named"),
     (["--mlflow-uri", "http://127.0.0.1:9"], "unreachable"),
+    (["--storage", "s3://bucket/runs"], "URIs are not supported"),
 ])
 def test_bad_input_fails_before_anything_runs(tmp_path, capsys, args, message):
     store = tmp_path / "store"
