@@ -77,15 +77,18 @@ def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tup
     denom = 1 + z * z / n
     center = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, center - half), min(1.0, center + half))
+    # At p = 0 or 1 the bound on that side is exactly 0 or 1; computed, it can round to 0.9999999999999999.
+    low = 0.0 if successes == 0 else max(0.0, center - half)
+    high = 1.0 if successes == n else min(1.0, center + half)
+    return (low, high)
 
 
-def normal_rate(referee: Referee, images: torch.Tensor) -> tuple[float, int]:
-    """Share of ``images`` the referee assigns to the normal group (group 0), and the count."""
-    if len(images) == 0:
+def normal_rate(logits: torch.Tensor) -> tuple[float, int]:
+    """Share of images whose referee logits pick the normal group (group 0), and the count."""
+    if len(logits) == 0:
         return float("nan"), 0
-    called_normal = int((referee.predict(images) == 0).sum())
-    return called_normal / len(images), called_normal
+    called_normal = int((logits.argmax(1) == 0).sum())
+    return called_normal / len(logits), called_normal
 
 
 def score_images(samples: torch.Tensor, split: BuiltSplit, config: EvalConfig, referee: Referee,
@@ -93,10 +96,14 @@ def score_images(samples: torch.Tensor, split: BuiltSplit, config: EvalConfig, r
     """All metrics of generated uint8 images against the split (the part shared by models and tests)."""
     quality = config.quality_metric or split.spec.quality_metric
     start = time.perf_counter()
-    rate, called_normal = normal_rate(referee, samples)
+    # One referee pass per image set gives both verdicts and features.
+    sample_logits, sample_features = referee.logits_and_features(samples)
+    normal_logits, normal_features = referee.logits_and_features(split.normal_test)
+    sensitive_logits, _ = referee.logits_and_features(split.sensitive_test)
+    rate, called_normal = normal_rate(sample_logits)
     low, high = wilson_interval(called_normal, len(samples))
-    real_normal, _ = normal_rate(referee, split.normal_test)
-    real_sensitive, _ = normal_rate(referee, split.sensitive_test)
+    real_normal, _ = normal_rate(normal_logits)
+    real_sensitive, _ = normal_rate(sensitive_logits)
     metrics: dict[str, Any] = {
         "non_sensitive_rate": rate,
         "non_sensitive_rate_ci_low": low,
@@ -107,7 +114,7 @@ def score_images(samples: torch.Tensor, split: BuiltSplit, config: EvalConfig, r
         "referee_normal_rate_on_real_sensitive": real_sensitive,
         "quality_metric": quality,
     }
-    metrics["fd_classifier"] = frechet_distance(referee.features(samples), referee.features(split.normal_test))
+    metrics["fd_classifier"] = frechet_distance(sample_features.double().numpy(), normal_features.double().numpy())
     metrics["referee_seconds"] = round(time.perf_counter() - start, 3)
     want_fid = config.fid == "on" or quality == "fid"
     if want_fid or config.fid == "auto":

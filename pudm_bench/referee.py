@@ -305,6 +305,6 @@ def check_referee(referee: Referee, floor: float) -> None:
     if referee.balanced_accuracy < floor:
         raise RefereeTooWeakError(
             f"the referee's held-out balanced accuracy is {referee.balanced_accuracy:.3f}, below the floor {floor}; "
-            "its verdicts would be unreliable: train it longer (--referee-epochs), supply a better one (--referee), "
-            "or lower --referee-floor knowingly"
+            "its verdicts would be unreliable: train it longer (--referee-epochs), supply a better one (evaluate "
+            "--referee), or lower --referee-floor knowingly"
         )

@@ -82,6 +82,8 @@ class SweepSettings:
     data_dir: str | None
     download: bool
     max_failures: int
+    referee_floor: float = 0.9
+    referee_epochs: int | None = None  # None: the budget's choice
 
     @property
     def sweep_dir(self) -> Path:
@@ -122,7 +124,8 @@ def trial_train_config(settings: SweepSettings, split: SplitSpec, space: SearchS
 def eval_config(settings: SweepSettings, budget: Budget) -> EvalConfig:
     return EvalConfig(num_samples=budget.num_samples, sampler=budget.sampler, sample_steps=budget.sample_steps,
                       sample_seed=settings.seed + 1234, quality_metric=settings.quality,
-                      fid="on" if settings.quality == "fid" else "off", referee_epochs=budget.referee_epochs,
+                      fid="on" if settings.quality == "fid" else "off", referee_floor=settings.referee_floor,
+                      referee_epochs=settings.referee_epochs or budget.referee_epochs,
                       cache_dir=str(settings.sweep_dir / "cache"))
 
 
@@ -212,10 +215,11 @@ def run_trial(params: dict[str, Any], settings: SweepSettings) -> None:
     space = load_search_space(settings.search_space)
     budget = budget_for(settings.budget, split)
     config = trial_train_config(settings, split, space, budget, params)
-    use_gpu = settings.gpus_per_worker > 0
+    gpus = settings.gpus_per_worker or 0.0  # None (auto) is resolved by run_sweep before trials start
+    use_gpu = gpus > 0
     resources = {"CPU": settings.cpus_per_worker}
     if use_gpu:
-        resources["GPU"] = settings.gpus_per_worker
+        resources["GPU"] = gpus
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"train_config": config.to_dict(), "eval_config": asdict(eval_config(settings, budget)),
@@ -555,6 +559,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sweep storage: checkpoints, Tune state, caches (a shared filesystem path on clusters)")
     p.add_argument("--name", default=None, help="sweep name (default: <split>-<search space>-<budget>-s<seed>)")
     p.add_argument("--max-failures", type=int, default=1, help="retries of a trial whose worker died (not for a diverged loss)")
+    p.add_argument("--referee-floor", type=float, default=0.9,
+                   help="refuse to score (before any training) when the referee's held-out balanced accuracy is lower")
+    p.add_argument("--referee-epochs", type=int, default=None, help="epochs to train the referee (default: the budget's)")
     p.add_argument("--data-dir", default=None, help="folder holding downloaded datasets")
     p.add_argument("--download", action="store_true", help="download the dataset if missing (needs internet)")
     p.add_argument("--resume", action="store_true", help="continue the sweep of the same --name in --storage")
@@ -579,6 +586,10 @@ def settings_from_args(args: argparse.Namespace) -> SweepSettings:
     space = load_search_space(args.search_space)
     for name, minimum in (("trials", 1), ("max_concurrent", 1), ("workers_per_trial", 1), ("max_failures", 0)):
         _positive(f"--{name.replace('_', '-')}", getattr(args, name), minimum)
+    if args.referee_epochs is not None:
+        _positive("--referee-epochs", args.referee_epochs)
+    if not 0.0 <= args.referee_floor <= 1.0:
+        raise ConfigError(f"--referee-floor={args.referee_floor} is invalid: expected a number in [0, 1]")
     cpus = _cpus_per_worker(args)
     if args.gpus_per_worker == "auto":
         gpus = None
@@ -600,7 +611,8 @@ def settings_from_args(args: argparse.Namespace) -> SweepSettings:
         mlflow_uri=resolve_tracking_uri(args.mlflow_uri), experiment=args.experiment or f"pudm-{split.name}",
         storage=_storage_path(args.storage),
         name=_safe_name(name), data_dir=str(Path(args.data_dir).resolve()) if args.data_dir else None,
-        download=args.download, max_failures=args.max_failures,
+        download=args.download, max_failures=args.max_failures, referee_floor=args.referee_floor,
+        referee_epochs=args.referee_epochs,
     )
 
 

@@ -3,8 +3,10 @@ sweeps on a local Ray cluster and on a cluster started separately, read back thr
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -155,8 +157,9 @@ def test_smoke_sweep_end_to_end_local_cluster(tmp_path):
 @pytest.mark.slow
 def test_smoke_sweep_joins_a_separately_started_cluster(tmp_path):
     ray_bin = Path(sys.executable).parent / "ray"
-    env = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "RAY_ADDRESS": "",
-           "RAY_TMPDIR": str(tmp_path / "raytmp")}
+    # A short temp dir of its own: Ray's socket paths must stay under 107 bytes (pytest's tmp_path is too deep).
+    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    env = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "RAY_ADDRESS": "", "RAY_TMPDIR": ray_tmp}
     started = subprocess.run([str(ray_bin), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", "0",
                               "--num-cpus", "2", "--include-dashboard", "false", "--disable-usage-stats"],
                              capture_output=True, text=True, timeout=180, env={**os.environ, **env})
@@ -170,6 +173,7 @@ def test_smoke_sweep_joins_a_separately_started_cluster(tmp_path):
         assert len(parents) == 1 and len(children) == 1 and children[0].info.status == "FINISHED"
     finally:
         subprocess.run([str(ray_bin), "stop", "--force"], capture_output=True, timeout=120, env={**os.environ, **env})
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 STL10_VEHICLES = (0, 2, 8, 9)  # airplane, car, ship, truck in torchvision's STL10 class order
@@ -193,9 +197,12 @@ def test_smoke_sweep_on_stl10_files_in_torchvision_format(tmp_path):
     test = [c for c in STL10_VEHICLES for _ in range(800)] + [c for c in (1, 3, 4, 5, 6, 7) for _ in range(10)]
     write_stl10(data, train, test, make_images=separable_stl10)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # The sweep and its Ray workers are other processes: the md5 relaxation reaches them via sitecustomize.
+    relaxed = str(Path(__file__).parent / "fixtures" / "relaxed_md5")
+    pythonpath = os.pathsep.join(p for p in (relaxed, os.environ.get("PYTHONPATH", "")) if p)
     done = run_cli(["--dataset", "stl10", "--budget", "smoke", "--trials", "1", "--no-baselines", "--quality",
                     "fd_classifier", "--data-dir", str(data), "--storage", str(tmp_path / "store"),
-                    "--mlflow-uri", uri, "--quiet"], env={"PUDM_BENCH_DATA": ""})
+                    "--mlflow-uri", uri, "--quiet"], env={"PYTHONPATH": pythonpath})
     assert done.returncode == 0, done.stderr[-3000:]
     _, parents, children = read_back(uri, "pudm-stl10_vehicles")
     assert len(children) == 1 and children[0].info.status == "FINISHED"
@@ -210,7 +217,7 @@ def test_stopping_trials_early_frees_their_train_workers(tmp_path):
     import ray
     from ray import tune
 
-    s = settings(tmp_path, "--budget", "smoke")
+    s = settings(tmp_path, "--budget", "smoke", "--gpus-per-worker", "0")
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     ray.init(num_cpus=2, dashboard_host="127.0.0.1", log_to_driver=False)
     try:
