@@ -537,7 +537,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run this dataset's default split (e.g. stl10 -> stl10_vehicles)")
     target.add_argument("--split", default=None, help="any registered split (python -m pudm_bench.splits list)")
     p.add_argument("--splits-dir", action="append", default=[], metavar="DIR", help="extra folder of split YAMLs (repeatable)")
-    p.add_argument("--search-space", default=str(DEFAULT_SEARCH_SPACE), metavar="FILE", help="search-space YAML")
+    p.add_argument("--search-space", default=None, metavar="FILE",
+                   help="search-space YAML (default: search_spaces/default.yaml of this checkout)")
     p.add_argument("--quality", default=None, choices=QUALITY_METRICS, help="quality objective (default: the split's)")
     p.add_argument("--trials", type=int, default=6, help="searched trials (baselines come on top)")
     p.add_argument("--max-concurrent", type=int, default=2, help="trials running at once (when resources allow)")
@@ -583,7 +584,8 @@ def settings_from_args(args: argparse.Namespace) -> SweepSettings:
     if split_name not in registry:
         get_split(split_name, args.splits_dir)  # raises with "did you mean"
     split = registry[split_name]
-    space = load_search_space(args.search_space)
+    search_space = Path(args.search_space or DEFAULT_SEARCH_SPACE)
+    space = load_search_space(search_space)
     for name, minimum in (("trials", 1), ("max_concurrent", 1), ("workers_per_trial", 1), ("max_failures", 0)):
         _positive(f"--{name.replace('_', '-')}", getattr(args, name), minimum)
     if args.referee_epochs is not None:
@@ -601,10 +603,10 @@ def settings_from_args(args: argparse.Namespace) -> SweepSettings:
         if gpus < 0:
             raise ConfigError(f"--gpus-per-worker={gpus} is invalid: expected auto or a number >= 0")
     quality = args.quality or split.quality_metric
-    name = args.name or f"{split.name}-{Path(args.search_space).stem}-{args.budget}-s{args.seed}"
+    name = args.name or f"{split.name}-{search_space.stem}-{args.budget}-s{args.seed}"
     return SweepSettings(
         split=split.name, splits_dirs=tuple(str(Path(d).resolve()) for d in args.splits_dir),
-        search_space=str(Path(args.search_space).resolve()), search_space_fingerprint=space.fingerprint(),
+        search_space=str(search_space.resolve()), search_space_fingerprint=space.fingerprint(),
         quality=quality, trials=args.trials, max_concurrent=args.max_concurrent,
         workers_per_trial=args.workers_per_trial, cpus_per_worker=cpus, gpus_per_worker=gpus,
         budget=args.budget, seed=args.seed, sampler=args.sampler, baselines=args.baselines,
