@@ -400,7 +400,7 @@ def results_frame(trials, settings: SweepSettings, space: SearchSpace):
     return pd.DataFrame(rows)
 
 
-def _prepare(settings: SweepSettings) -> tuple[SplitSpec, SearchSpace, Budget]:
+def _prepare(settings: SweepSettings) -> tuple[SplitSpec, SearchSpace, Budget, str]:
     """Everything that can fail on bad input, checked before Ray starts or anything is trained."""
     from pudm_bench import tracking
 
@@ -409,13 +409,13 @@ def _prepare(settings: SweepSettings) -> tuple[SplitSpec, SearchSpace, Budget]:
     budget = budget_for(settings.budget, split)
     for params in [space.center()] + [{"method": m} for m in (BASELINE_METHODS if settings.baselines else ())]:
         trial_train_config(settings, split, space, budget, params)  # raises ConfigError on a bad combination
-    build_split(split, data_dir=settings.data_dir, download=settings.download)  # data present, counts fit
+    fingerprint = build_split(split, data_dir=settings.data_dir, download=settings.download).fingerprint  # data, counts
     tracking.check_tracking_reachable(settings.mlflow_uri)
     if settings.quality == "fid":
         from pudm_bench.fid import resolve_fid_weights
 
         resolve_fid_weights(None)
-    return split, space, budget
+    return split, space, budget, fingerprint
 
 
 def run_sweep(settings: SweepSettings, resume: bool, ray_address: str | None, num_cpus: int | None = None,
@@ -423,7 +423,7 @@ def run_sweep(settings: SweepSettings, resume: bool, ray_address: str | None, nu
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # Intermediate reports carry training curves only; the objectives come with the final evaluation report.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
-    split, space, budget = _prepare(settings)
+    split, space, budget, fingerprint = _prepare(settings)
     sweep_dir = settings.sweep_dir
     sweep_json = sweep_dir / "sweep.json"
     _check_resume(settings, sweep_json, resume)
@@ -454,7 +454,7 @@ def run_sweep(settings: SweepSettings, resume: bool, ray_address: str | None, nu
     parent_id = tracker.start_sweep(
         settings.name,
         tags={"pudm.split": split.name, "pudm.dataset": split.dataset,
-              "pudm.split_fingerprint": build_split(split, data_dir=settings.data_dir).fingerprint,
+              "pudm.split_fingerprint": fingerprint,
               "pudm.search_space": Path(settings.search_space).name, "pudm.git_commit": _git_commit(),
               "pudm.version": __version__, "pudm.quality": settings.quality, "pudm.budget": settings.budget},
         params={k: v for k, v in asdict(settings).items() if k not in ("mlflow_uri",)},
