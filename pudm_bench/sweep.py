@@ -84,6 +84,7 @@ class SweepSettings:
     max_failures: int
     referee_floor: float = 0.9
     referee_epochs: int | None = None  # None: the budget's choice
+    pretrained: str | None = None  # fine-tune every trial from this diffusers UNet/pipeline (folder or hub id)
 
     @property
     def sweep_dir(self) -> Path:
@@ -110,7 +111,7 @@ def trial_train_config(settings: SweepSettings, split: SplitSpec, space: SearchS
         split=split.name, method=method, seed=settings.seed, steps=budget.steps, batch_size=budget.batch_size,
         lr=budget.lr, warmup_steps=budget.warmup_steps, log_every=budget.log_every,
         checkpoint_every=budget.checkpoint_every, model_preset=budget.model_preset, data_dir=settings.data_dir,
-        download=settings.download, splits_dirs=settings.splits_dirs,
+        download=settings.download, splits_dirs=settings.splits_dirs, pretrained=settings.pretrained,
         sample=SampleConfig(num_images=16, steps=budget.sample_steps, sampler=budget.sampler),
     )
     if method in BASELINE_METHODS:
@@ -122,11 +123,17 @@ def trial_train_config(settings: SweepSettings, split: SplitSpec, space: SearchS
 
 
 def eval_config(settings: SweepSettings, budget: Budget) -> EvalConfig:
+    return make_eval_config(budget, settings.quality, settings.seed, settings.referee_floor, settings.referee_epochs,
+                            settings.sweep_dir / "cache")
+
+
+def make_eval_config(budget: Budget, quality: str, seed: int, referee_floor: float, referee_epochs: int | None,
+                     cache_dir: Path) -> EvalConfig:
+    """How a trial is scored: the budget's sample count and sampler, samples seeded from the trial's seed."""
     return EvalConfig(num_samples=budget.num_samples, sampler=budget.sampler, sample_steps=budget.sample_steps,
-                      sample_seed=settings.seed + 1234, quality_metric=settings.quality,
-                      fid="on" if settings.quality == "fid" else "off", referee_floor=settings.referee_floor,
-                      referee_epochs=settings.referee_epochs or budget.referee_epochs,
-                      cache_dir=str(settings.sweep_dir / "cache"))
+                      sample_seed=seed + 1234, quality_metric=quality, fid="on" if quality == "fid" else "off",
+                      referee_floor=referee_floor, referee_epochs=referee_epochs or budget.referee_epochs,
+                      cache_dir=str(cache_dir))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -205,37 +212,47 @@ def train_worker(loop_config: dict[str, Any]) -> None:
 # Tune trials
 
 
-def run_trial(params: dict[str, Any], settings: SweepSettings) -> None:
-    """One Tune trial (a function trainable): a TorchTrainer over ``workers_per_trial`` workers, then fit()."""
+def fit_trial(config: TrainConfig, evaluation: EvalConfig, trial_id: str, storage_dir: Path, workers: int,
+              cpus_per_worker: float, gpus_per_worker: float, max_failures: int) -> None:
+    """Train and score one configuration inside a Tune trial: a ``TorchTrainer`` over ``workers`` workers, fit().
+
+    Train checkpoints go to ``<storage_dir>/trial-<trial_id>/``, fixed per trial, so a retried or resumed trial
+    finds its last one.
+    """
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    trial_id = tune.get_context().get_trial_id()
-    split = get_split(settings.split, settings.splits_dirs)
-    space = load_search_space(settings.search_space)
-    budget = budget_for(settings.budget, split)
-    config = trial_train_config(settings, split, space, budget, params)
-    gpus = settings.gpus_per_worker or 0.0  # None (auto) is resolved by run_sweep before trials start
-    use_gpu = gpus > 0
-    resources = {"CPU": settings.cpus_per_worker}
+    use_gpu = gpus_per_worker > 0
+    resources = {"CPU": cpus_per_worker}
     if use_gpu:
-        resources["GPU"] = gpus
+        resources["GPU"] = gpus_per_worker
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"train_config": config.to_dict(), "eval_config": asdict(eval_config(settings, budget)),
-                           "trial_id": trial_id, "cpus_per_worker": settings.cpus_per_worker},
-        scaling_config=ray.train.ScalingConfig(num_workers=settings.workers_per_trial, use_gpu=use_gpu,
-                                               resources_per_worker=resources),
+        train_loop_config={"train_config": config.to_dict(), "eval_config": asdict(evaluation),
+                           "trial_id": trial_id, "cpus_per_worker": cpus_per_worker},
+        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=ray.train.RunConfig(
-            name=f"trial-{trial_id}",  # fixed per trial: a retried or resumed trial finds its checkpoints
-            storage_path=str(settings.sweep_dir / "train"),
+            name=f"trial-{trial_id}",
+            storage_path=str(storage_dir),
             callbacks=[TuneReportCallback()],
-            failure_config=ray.train.FailureConfig(max_failures=settings.max_failures),
+            failure_config=ray.train.FailureConfig(max_failures=max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),  # not one line per report
         ),
     )
     trainer.fit()
+
+
+def run_trial(params: dict[str, Any], settings: SweepSettings) -> None:
+    """One sweep trial (a Tune function trainable): the searched parameters -> TrainConfig -> ``fit_trial``."""
+    split = get_split(settings.split, settings.splits_dirs)
+    space = load_search_space(settings.search_space)
+    budget = budget_for(settings.budget, split)
+    config = trial_train_config(settings, split, space, budget, params)
+    fit_trial(config, eval_config(settings, budget), tune.get_context().get_trial_id(), settings.sweep_dir / "train",
+              settings.workers_per_trial, settings.cpus_per_worker,
+              settings.gpus_per_worker or 0.0,  # None (auto) is resolved by run_sweep before trials start
+              settings.max_failures)
 
 
 class BaselinesFirst(Searcher):
@@ -319,9 +336,11 @@ class TrackingCallback(tune.Callback):
     Tune pickles callbacks with its experiment state: the tracker (an MLflow client) is created lazily.
     """
 
-    def __init__(self, settings: SweepSettings, parent_run_id: str, searched_method: str) -> None:
-        self.uri, self.experiment, self.parent = settings.mlflow_uri, settings.experiment, parent_run_id
-        self.sweep_name, self.searched_method = settings.name, searched_method
+    def __init__(self, mlflow_uri: str, experiment: str, sweep_name: str, parent_run_id: str,
+                 searched_method: str | None = None, cells: dict[str, dict[str, Any]] | None = None) -> None:
+        self.uri, self.experiment, self.parent = mlflow_uri, experiment, parent_run_id
+        self.sweep_name, self.searched_method = sweep_name, searched_method
+        self.cells = cells or {}  # fixed trials (run_cells): config {"cell": id} -> the cell's params and tags
         self._tracker = None
 
     @property
@@ -337,6 +356,11 @@ class TrackingCallback(tune.Callback):
         return {**self.__dict__, "_tracker": None}
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        if "cell" in trial.config:
+            cell = self.cells[trial.config["cell"]]
+            self.tracker.trial_run(trial.trial_id, params=cell["params"],
+                                   tags={**cell["tags"], "pudm.cell": trial.config["cell"]})
+            return
         params = _trial_params(trial.config)
         role = "baseline" if params.get("method") in BASELINE_METHODS else "search"
         params.setdefault("method", self.searched_method)
@@ -418,11 +442,24 @@ def _prepare(settings: SweepSettings) -> tuple[SplitSpec, SearchSpace, Budget, s
     return split, space, budget, fingerprint
 
 
-def run_sweep(settings: SweepSettings, resume: bool, ray_address: str | None, num_cpus: int | None = None,
-              verbose: int = 1) -> dict[str, Any]:
+def start_ray(ray_address: str | None, num_cpus: int | None, verbose: int) -> bool:
+    """Join ``ray_address`` ('auto': a running cluster) or start a local cluster; True when it has a GPU."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # Intermediate reports carry training curves only; the objectives come with the final evaluation report.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    if not ray.is_initialized():
+        if ray_address is None:
+            os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local cluster of our own: no token prompts
+        local = ray_address is None
+        # The dashboard stays on (bound to 127.0.0.1): Ray Train's placement-group cleaner asks its state API
+        # whether a stopped trial's controller is gone; without it, early-stopped trials keep their CPUs.
+        local_options = {"num_cpus": num_cpus, "dashboard_host": "127.0.0.1"} if local else {}
+        ray.init(address=ray_address, log_to_driver=verbose > 0, **local_options)
+    return ray.cluster_resources().get("GPU", 0) >= 1
+
+
+def run_sweep(settings: SweepSettings, resume: bool, ray_address: str | None, num_cpus: int | None = None,
+              verbose: int = 1) -> dict[str, Any]:
     split, space, budget, fingerprint = _prepare(settings)
     sweep_dir = settings.sweep_dir
     sweep_json = sweep_dir / "sweep.json"
@@ -438,16 +475,9 @@ def run_sweep(settings: SweepSettings, resume: bool, ray_address: str | None, nu
                           epochs=evaluation.referee_epochs)
     check_referee(referee, evaluation.referee_floor)
 
-    if not ray.is_initialized():
-        if ray_address is None:
-            os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local cluster of our own: no token prompts
-        local = ray_address is None
-        # The dashboard stays on (bound to 127.0.0.1): Ray Train's placement-group cleaner asks its state API
-        # whether a stopped trial's controller is gone; without it, early-stopped trials keep their CPUs.
-        local_options = {"num_cpus": num_cpus, "dashboard_host": "127.0.0.1"} if local else {}
-        ray.init(address=ray_address, log_to_driver=verbose > 0, **local_options)
+    has_gpus = start_ray(ray_address, num_cpus, verbose)
     if settings.gpus_per_worker is None:
-        settings = replace(settings, gpus_per_worker=1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0)
+        settings = replace(settings, gpus_per_worker=1.0 if has_gpus else 0.0)
 
     tracker = SweepTracker(settings.mlflow_uri, settings.experiment)
     previous = json.loads(sweep_json.read_text()) if sweep_json.is_file() else {}
@@ -481,7 +511,8 @@ def run_sweep(settings: SweepSettings, resume: bool, ray_address: str | None, nu
                 max_concurrent_trials=settings.max_concurrent,
             ),
             run_config=tune.RunConfig(name="tune", storage_path=str(sweep_dir), verbose=verbose,
-                                      callbacks=[TrackingCallback(settings, parent_id, space.method)],
+                                      callbacks=[TrackingCallback(settings.mlflow_uri, settings.experiment, settings.name,
+                                                                 parent_id, space.method)],
                                       failure_config=tune.FailureConfig(max_failures=0)),
         )
     grid = tuner.fit()
@@ -501,6 +532,52 @@ def run_sweep(settings: SweepSettings, resume: bool, ray_address: str | None, nu
     tracker.end_sweep("FINISHED" if failed < len(frame) else "FAILED")
     return {"frame": frame, "hypervolume": hv, "reference": reference, "wall_seconds": wall,
             "parent_run_id": parent_id, "tracking_uri": redact(settings.mlflow_uri), "experiment": settings.experiment}
+
+
+def run_cell_trial(params: dict[str, Any], cells: dict[str, dict[str, Any]], storage_dir: str, workers: int,
+                   cpus_per_worker: float, gpus_per_worker: float, max_failures: int) -> None:
+    """One fixed trial of ``run_cells`` (a Tune function trainable): the cell's TrainConfig -> ``fit_trial``."""
+    cell = cells[params["cell"]]
+    fit_trial(TrainConfig.from_dict(cell["train_config"]), EvalConfig(**cell["eval_config"]),
+              tune.get_context().get_trial_id(), Path(storage_dir), workers, cpus_per_worker, gpus_per_worker,
+              max_failures)
+
+
+def run_cells(cells: dict[str, dict[str, Any]], run_dir: Path, *, mlflow_uri: str, experiment: str, run_name: str,
+              parent_run_id: str, workers_per_trial: int, cpus_per_worker: float, gpus_per_worker: float,
+              max_concurrent: int, max_failures: int, resume: bool = False, verbose: int = 1) -> list[dict[str, Any]]:
+    """Run a fixed set of trials (no search) through the sweep's machinery: one Tune trial per cell, each a
+    ``TorchTrainer`` of ``workers_per_trial`` workers, ``max_concurrent`` at once, one MLflow child run per trial.
+
+    ``cells``: id -> {"train_config": TrainConfig.to_dict(), "eval_config": asdict(EvalConfig), "params": what the
+    child run logs as params, "tags": its tags}. Ray must be started (``start_ray``). Returns one dict per cell:
+    cell, trial_id, status (TERMINATED / FAILED / ERROR), the last result and the error text.
+    """
+    trainable = tune.with_resources(
+        tune.with_parameters(run_cell_trial, cells=cells, storage_dir=str(run_dir / "train"), workers=workers_per_trial,
+                             cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
+                             max_failures=max_failures),
+        {"cpu": TRIAL_DRIVER_CPU})
+    param_space = {"cell": tune.grid_search(list(cells))}
+    tune_path = run_dir / "tune"
+    if resume and tune.Tuner.can_restore(str(tune_path)):
+        tuner = tune.Tuner.restore(str(tune_path), trainable=trainable, resume_errored=True, param_space=param_space)
+    else:
+        tuner = tune.Tuner(
+            trainable, param_space=param_space,
+            tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent),
+            run_config=tune.RunConfig(name="tune", storage_path=str(run_dir), verbose=verbose,
+                                      callbacks=[TrackingCallback(mlflow_uri, experiment, run_name, parent_run_id,
+                                                                  cells=cells)],
+                                      failure_config=tune.FailureConfig(max_failures=0)))
+    grid = tuner.fit()
+    out = []
+    for trial in grid._experiment_analysis.trials:
+        result = trial.last_result or {}
+        error = result.get("failed") or (str(trial.get_error()) if trial.status == "ERROR" else None)
+        out.append({"cell": trial.config["cell"], "trial_id": trial.trial_id,
+                    "status": "FAILED" if result.get("failed") else trial.status, "result": result, "error": error})
+    return out
 
 
 def _check_resume(settings: SweepSettings, sweep_json: Path, resume: bool) -> None:
@@ -541,34 +618,49 @@ def build_parser() -> argparse.ArgumentParser:
                    help="search-space YAML (default: search_spaces/default.yaml of this checkout)")
     p.add_argument("--quality", default=None, choices=QUALITY_METRICS, help="quality objective (default: the split's)")
     p.add_argument("--trials", type=int, default=6, help="searched trials (baselines come on top)")
+    p.add_argument("--budget", default="cpu", choices=BUDGETS, help="training length and evaluation size")
+    p.add_argument("--seed", type=int, default=0, help="seeds the Optuna sampler and every trial")
+    p.add_argument("--sampler", default="tpe", choices=SAMPLERS, help="Optuna sampler")
+    p.add_argument("--baselines", action=argparse.BooleanOptionalAction, default=True,
+                   help="also train the unsupervised and supervised baselines with the same budget")
+    p.add_argument("--experiment", default=None, help="MLflow experiment (default: pudm-<split>)")
+    p.add_argument("--name", default=None, help="sweep name (default: <split>-<search space>-<budget>-s<seed>)")
+    add_execution_arguments(p)
+    p.add_argument("--resume", action="store_true", help="continue the sweep of the same --name in --storage")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved sweep, trial resources and result locations, then exit")
+    p.add_argument("--quiet", action="store_true", help="no Tune progress table")
+    return p
+
+
+def add_execution_arguments(p: argparse.ArgumentParser, pretrained_per_dataset: bool = False) -> None:
+    """Options shared by the sweep and the benchmark runner: trial resources, cluster, storage, data, tracking.
+
+    ``pretrained_per_dataset``: --pretrained is repeatable and takes DATASET_OR_SPLIT=MODEL pairs (a benchmark
+    spans datasets whose models differ, e.g. 32 px CIFAR10 and 256 px CelebA)."""
+    if pretrained_per_dataset:
+        p.add_argument("--pretrained", action="append", default=[], metavar="[DATASET_OR_SPLIT=]MODEL",
+                       help="fine-tune from this diffusers UNet or pipeline (save_pretrained folder or hub id): MODEL "
+                            "for every split, or DATASET_OR_SPLIT=MODEL (repeatable)")
+    else:
+        p.add_argument("--pretrained", default=None, metavar="DIR_OR_HUB_ID",
+                       help="fine-tune every trial from this diffusers UNet or pipeline (save_pretrained folder or hub id)")
     p.add_argument("--max-concurrent", type=int, default=2, help="trials running at once (when resources allow)")
     p.add_argument("--workers-per-trial", type=int, default=1, help="Ray Train workers (DDP ranks) per trial")
     p.add_argument("--cpus-per-worker", default="auto",
                    help="CPUs reserved per Train worker; auto = 1 on a cluster, and on the local cluster the CPUs "
                         "shared out so that --max-concurrent trials fit at once")
     p.add_argument("--gpus-per-worker", default="auto", help="GPUs per Train worker; auto = 1 when the Ray cluster has GPUs, else 0")
-    p.add_argument("--budget", default="cpu", choices=BUDGETS, help="training length and evaluation size")
-    p.add_argument("--seed", type=int, default=0, help="seeds the Optuna sampler and every trial")
-    p.add_argument("--sampler", default="tpe", choices=SAMPLERS, help="Optuna sampler")
-    p.add_argument("--baselines", action=argparse.BooleanOptionalAction, default=True,
-                   help="also train the unsupervised and supervised baselines with the same budget")
     p.add_argument("--mlflow-uri", default=None, help="tracking URI (default: sqlite:///<cwd>/mlflow.db)")
-    p.add_argument("--experiment", default=None, help="MLflow experiment (default: pudm-<split>)")
     p.add_argument("--ray-address", default=None, help="'auto' joins a running cluster; default starts a local one")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray cluster (default: all)")
     p.add_argument("--storage", default="pudm_runs", metavar="PATH",
-                   help="sweep storage: checkpoints, Tune state, caches (a shared filesystem path on clusters)")
-    p.add_argument("--name", default=None, help="sweep name (default: <split>-<search space>-<budget>-s<seed>)")
+                   help="run storage: checkpoints, Tune state, caches (a shared filesystem path on clusters)")
     p.add_argument("--max-failures", type=int, default=1, help="retries of a trial whose worker died (not for a diverged loss)")
     p.add_argument("--referee-floor", type=float, default=0.9,
                    help="refuse to score (before any training) when the referee's held-out balanced accuracy is lower")
     p.add_argument("--referee-epochs", type=int, default=None, help="epochs to train the referee (default: the budget's)")
     p.add_argument("--data-dir", default=None, help="folder holding downloaded datasets")
     p.add_argument("--download", action="store_true", help="download the dataset if missing (needs internet)")
-    p.add_argument("--resume", action="store_true", help="continue the sweep of the same --name in --storage")
-    p.add_argument("--dry-run", action="store_true", help="print the resolved sweep, trial resources and result locations, then exit")
-    p.add_argument("--quiet", action="store_true", help="no Tune progress table")
-    return p
 
 
 def _positive(name: str, value: float, minimum: float = 1) -> None:
@@ -586,22 +678,9 @@ def settings_from_args(args: argparse.Namespace) -> SweepSettings:
     split = registry[split_name]
     search_space = Path(args.search_space or DEFAULT_SEARCH_SPACE)
     space = load_search_space(search_space)
-    for name, minimum in (("trials", 1), ("max_concurrent", 1), ("workers_per_trial", 1), ("max_failures", 0)):
-        _positive(f"--{name.replace('_', '-')}", getattr(args, name), minimum)
-    if args.referee_epochs is not None:
-        _positive("--referee-epochs", args.referee_epochs)
-    if not 0.0 <= args.referee_floor <= 1.0:
-        raise ConfigError(f"--referee-floor={args.referee_floor} is invalid: expected a number in [0, 1]")
-    cpus = _cpus_per_worker(args)
-    if args.gpus_per_worker == "auto":
-        gpus = None
-    else:
-        try:
-            gpus = float(args.gpus_per_worker)
-        except ValueError:
-            raise ConfigError(f"--gpus-per-worker={args.gpus_per_worker!r} is invalid: expected auto or a number >= 0") from None
-        if gpus < 0:
-            raise ConfigError(f"--gpus-per-worker={gpus} is invalid: expected auto or a number >= 0")
+    _positive("--trials", args.trials)
+    check_execution_arguments(args)
+    cpus, gpus = _cpus_per_worker(args), _gpus_per_worker(args)
     quality = args.quality or split.quality_metric
     name = args.name or f"{split.name}-{search_space.stem}-{args.budget}-s{args.seed}"
     return SweepSettings(
@@ -614,8 +693,43 @@ def settings_from_args(args: argparse.Namespace) -> SweepSettings:
         storage=_storage_path(args.storage),
         name=_safe_name(name), data_dir=str(Path(args.data_dir).resolve()) if args.data_dir else None,
         download=args.download, max_failures=args.max_failures, referee_floor=args.referee_floor,
-        referee_epochs=args.referee_epochs,
+        referee_epochs=args.referee_epochs, pretrained=pretrained_source(args.pretrained),
     )
+
+
+def check_execution_arguments(args: argparse.Namespace) -> None:
+    """Range checks of the options ``add_execution_arguments`` adds (one line naming the bad option)."""
+    for name, minimum in (("max_concurrent", 1), ("workers_per_trial", 1), ("max_failures", 0)):
+        _positive(f"--{name.replace('_', '-')}", getattr(args, name), minimum)
+    if args.referee_epochs is not None:
+        _positive("--referee-epochs", args.referee_epochs)
+    if not 0.0 <= args.referee_floor <= 1.0:
+        raise ConfigError(f"--referee-floor={args.referee_floor} is invalid: expected a number in [0, 1]")
+
+
+def pretrained_source(value: str | None) -> str | None:
+    """A local --pretrained folder as an absolute path (trials run elsewhere); a hub id unchanged."""
+    if value is None:
+        return None
+    path = Path(value).expanduser()
+    if path.exists():
+        return str(path.resolve())
+    if value.startswith((".", "/", "~")) or value.count("/") > 1:
+        raise ConfigError(f"--pretrained={value!r}: no such folder; give a folder written by save_pretrained "
+                          "(a UNet or a DDPMPipeline) or a hub id such as google/ddpm-cifar10-32")
+    return value
+
+
+def _gpus_per_worker(args: argparse.Namespace) -> float | None:
+    if args.gpus_per_worker == "auto":
+        return None
+    try:
+        gpus = float(args.gpus_per_worker)
+    except ValueError:
+        raise ConfigError(f"--gpus-per-worker={args.gpus_per_worker!r} is invalid: expected auto or a number >= 0") from None
+    if gpus < 0:
+        raise ConfigError(f"--gpus-per-worker={gpus} is invalid: expected auto or a number >= 0")
+    return gpus
 
 
 def _storage_path(storage: str) -> str:

@@ -38,6 +38,7 @@ from pudm_bench.errors import ConfigError, unknown_name
 from pudm_bench.pareto import QUALITY, RATE, default_reference, hypervolume_2d, pareto_front, pareto_plot
 
 TAG_KIND, TAG_SWEEP, TAG_TRIAL = "pudm.kind", "pudm.sweep_name", "pudm.trial_id"
+PARENT_KINDS = ("sweep", "benchmark")
 TAG_ROLE, TAG_ERROR, TAG_QUALITY = "pudm.role", "pudm.error", "pudm.quality"
 TAG_PARENT = "mlflow.parentRunId"
 TRIAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
@@ -250,6 +251,7 @@ class SweepTracker:
         self.parent_run_id: str | None = None
         self.sweep_name: str | None = None
         self._children: dict[str, str] = {}
+        self.kind = "sweep"
 
     def _experiment(self) -> str:
         experiment = self.client.get_experiment_by_name(self.experiment_name)
@@ -269,18 +271,22 @@ class SweepTracker:
     # -- the parent run -------------------------------------------------------------------------------------------
 
     def start_sweep(self, sweep_name: str, tags: dict[str, Any], params: dict[str, Any],
-                    resume_run_id: str | None = None) -> str:
+                    resume_run_id: str | None = None, kind: str = "sweep") -> str:
         """The parent run's id: a new run, or with ``resume_run_id`` the earlier one, set RUNNING again.
 
         On resume the run is looked up by id, then (e.g. when the id came from another store) by the tag
         ``pudm.sweep_name``; a new run is created only when neither finds one. Params already on a resumed run are
         not logged again (MLflow refuses changed values); a changed value is recorded as the tag
-        ``pudm.resumed_param.<key>``.
+        ``pudm.resumed_param.<key>``. ``kind``: "sweep", or "benchmark" for a comparison run
+        (``pudm_bench.benchmark``), which ``list_sweeps`` does not list.
         """
+        if kind not in PARENT_KINDS:
+            raise ValueError(f"kind must be one of {PARENT_KINDS}, got {kind!r}")
         self.sweep_name = _check_id("sweep name", sweep_name)
+        self.kind = kind
         run = self._find_parent(sweep_name, resume_run_id) if resume_run_id is not None else None
         all_tags = {**{_key(k): _text(v, _MAX_TAG_VALUE) for k, v in tags.items()},
-                    TAG_KIND: "sweep", TAG_SWEEP: sweep_name}
+                    TAG_KIND: kind, TAG_SWEEP: sweep_name}
         if run is None:
             run = self.client.create_run(self.experiment_id, tags=all_tags, run_name=sweep_name)
             existing: dict[str, str] = {}
@@ -301,7 +307,7 @@ class SweepTracker:
                 and run.data.tags.get(TAG_SWEEP) == sweep_name):
             return run
         found = _search_all(self.client, [self.experiment_id],
-                            f"tags.`{TAG_KIND}` = 'sweep' and tags.`{TAG_SWEEP}` = '{sweep_name}'",
+                            f"tags.`{TAG_KIND}` = '{self.kind}' and tags.`{TAG_SWEEP}` = '{sweep_name}'",
                             order_by=["attributes.start_time DESC"])
         return found[0] if found else None
 
@@ -448,6 +454,32 @@ class SweepTracker:
         finite = [Metric(k, float(v), now, 0) for k, v in metrics.items() if _finite_number(v) is not None]
         self._log(run_id, metrics=finite, tags={TAG_QUALITY: quality_name})
         return hypervolume
+
+    # -- benchmark tables -----------------------------------------------------------------------------------------
+
+    def log_benchmark(self, table: pd.DataFrame, runs: pd.DataFrame, markdown: str,
+                      metrics: dict[str, float]) -> None:
+        """Log a benchmark's comparison on the parent run: ``benchmark_table.json`` (``log_table``: the MLflow UI's
+        Artifacts tab shows it as a table), ``benchmark_table.csv``, ``benchmark_runs.csv`` (one row per run),
+        ``benchmark_table.md`` (the paper-style table) and the summary ``metrics`` (mean/std per split and
+        method, for the runs-comparison view)."""
+        run_id = self._parent()
+        existing = {f.path for f in self.client.list_artifacts(run_id)}
+        with tempfile.TemporaryDirectory() as tmp:
+            if "benchmark_table.json" in existing:  # log_table appends to an existing file: overwrite instead
+                path = Path(tmp) / "benchmark_table.json"
+                _json_safe(table).to_json(path, orient="split", index=False, date_format="iso")
+                self.client.log_artifact(run_id, str(path))
+            else:
+                self.client.log_table(run_id, _json_safe(table), artifact_file="benchmark_table.json")
+            table.to_csv(Path(tmp) / "benchmark_table.csv", index=False)
+            runs.to_csv(Path(tmp) / "benchmark_runs.csv", index=False)
+            (Path(tmp) / "benchmark_table.md").write_text(markdown)
+            for name in ("benchmark_table.csv", "benchmark_runs.csv", "benchmark_table.md"):
+                self.client.log_artifact(run_id, str(Path(tmp) / name))
+        now = _now_ms()
+        self._log(run_id, metrics=[Metric(_key(k), float(v), now, 0) for k, v in metrics.items()
+                                   if _finite_number(v) is not None])
 
     # -- batching -------------------------------------------------------------------------------------------------
 
