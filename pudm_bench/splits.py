@@ -60,8 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pudm_bench.splits", description=__doc__.split("\n")[0])
     p.add_argument("--splits-dir", action="append", default=[], metavar="DIR", help="extra folder of split YAMLs")
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="list registered splits")
+    listing = sub.add_parser("list", help="list registered splits")
     v = sub.add_parser("validate", help="check split files (all registered ones when no FILE is given)")
+    for command in (listing, v):  # accepted after the command too: `splits list --splits-dir DIR`
+        command.add_argument("--splits-dir", action="append", default=[], dest="command_splits_dir", metavar="DIR",
+                             help="extra folder of split YAMLs (repeatable)")
     v.add_argument("files", nargs="*", metavar="FILE")
     v.add_argument("--data-dir", default=None, help="where datasets live (default $PUDM_BENCH_DATA or ./data)")
     v.add_argument("--split-seed", type=int, default=0)
@@ -70,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.splits_dir = args.splits_dir + args.command_splits_dir
     try:
         return _list(args) if args.command == "list" else _validate(args)
     except PudmError as exc:

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from pudm_bench import evaluate, fid, report, splits, sweep, train
+from pudm_bench import benchmark, evaluate, fid, report, splits, sweep, train
 
 CLI_DOC = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
 COMMANDS = {
     "python -m pudm_bench.sweep": sweep.build_parser,
+    "python -m pudm_bench.benchmark": benchmark.build_parser,
     "python -m pudm_bench.report": report.build_parser,
     "python -m pudm_bench.train": train.build_parser,
     "python -m pudm_bench.evaluate": evaluate.build_parser,

@@ -8,6 +8,7 @@ from pudm_bench.data.base import (
     check_options,
     dataset_names,
     get_dataset,
+    load_plugins,
     register_dataset,
 )
 import pudm_bench.data.datasets  # noqa: F401  (registers the built-in adapters on import)
@@ -20,5 +21,6 @@ __all__ = [
     "check_options",
     "dataset_names",
     "get_dataset",
+    "load_plugins",
     "register_dataset",
 ]

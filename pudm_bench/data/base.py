@@ -73,6 +73,11 @@ class DatasetAdapter:
 
 
 _REGISTRY: dict[str, DatasetAdapter] = {}
+# Plug-in packages add datasets without editing this one: in their pyproject.toml,
+#   [project.entry-points."pudm_bench.datasets"]
+#   my_data = "my_package.adapters:ADAPTER"      # a DatasetAdapter, a list of them, or a function returning either
+ENTRY_POINT_GROUP = "pudm_bench.datasets"
+_plugins_loaded = False
 
 
 def register_dataset(adapter: DatasetAdapter) -> DatasetAdapter:
@@ -83,13 +88,47 @@ def register_dataset(adapter: DatasetAdapter) -> DatasetAdapter:
     return adapter
 
 
+def load_plugins() -> None:
+    """Register the adapters of every installed ``pudm_bench.datasets`` entry point (once per process).
+
+    An entry point may name a ``DatasetAdapter``, a list of them, or a function returning either; a plug-in
+    module that calls ``register_dataset`` itself on import is fine too. A plug-in that fails to import, returns
+    something else, or reuses a taken name is an error naming the entry point.
+    """
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        where = f"dataset plug-in {entry.name!r} ({entry.value}, entry-point group {ENTRY_POINT_GROUP})"
+        try:
+            loaded = entry.load()
+            adapters = loaded() if callable(loaded) and not isinstance(loaded, DatasetAdapter) else loaded
+        except Exception as exc:  # noqa: BLE001 - any import-time error of third-party code
+            raise ConfigError(f"{where} failed to load: {type(exc).__name__}: {exc}") from None
+        for adapter in [adapters] if isinstance(adapters, DatasetAdapter) else list(adapters or []):
+            if not isinstance(adapter, DatasetAdapter):
+                raise ConfigError(f"{where} gave {type(adapter).__name__}, expected pudm_bench.data.DatasetAdapter")
+            if _REGISTRY.get(adapter.name) is adapter:
+                continue  # the plug-in registered it itself on import
+            try:
+                register_dataset(adapter)
+            except ConfigError as exc:
+                raise ConfigError(f"{where}: {exc}") from None
+
+
 def get_dataset(name: str) -> DatasetAdapter:
+    if name not in _REGISTRY:
+        load_plugins()
     if name not in _REGISTRY:
         raise unknown_name("dataset", name, _REGISTRY)
     return _REGISTRY[name]
 
 
 def dataset_names() -> list[str]:
+    load_plugins()
     return sorted(_REGISTRY)
 
 

@@ -1,0 +1,224 @@
+"""``python -m pudm_bench.benchmark``: suites (load-time validation), planning, the paper-style table, and (slow) a
+whole benchmark through Ray and MLflow, fine-tuned from a tiny pipeline the test saves with ``save_pretrained``."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pudm_bench import benchmark
+from pudm_bench.benchmark import (
+    BUILTIN_SUITES_DIR,
+    load_suite,
+    markdown_table,
+    parse_suite,
+    plan,
+    runs_frame,
+    summary_table,
+)
+from pudm_bench.errors import ConfigError
+
+FIXTURE_SPLITS = Path(__file__).parent / "fixtures" / "splits"  # digits_three_vs_eight has labeled normal data
+
+
+def suite_data(**changes) -> dict:
+    data = {"name": "mine", "splits": ["digits_even"], "seeds": 2, "budget": "smoke",
+            "methods": {"unsupervised": {"method": "unsupervised"}, "pu-abs": {"method": "pu", "beta": 0.15}}}
+    data.update(changes)
+    return data
+
+
+def settings_for(suite_file: Path, tmp_path: Path, *extra: str) -> benchmark.BenchmarkSettings:
+    args = benchmark.build_parser().parse_args(["--suite", str(suite_file), "--storage", str(tmp_path / "runs"),
+                                                "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", *extra])
+    return benchmark.settings_from_args(args, load_suite(args.suite))
+
+
+def write_suite(tmp_path: Path, data: dict) -> Path:
+    path = tmp_path / f"{data['name']}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def test_shipped_suites_load_and_name_the_papers_splits():
+    names = sorted(p.stem for p in BUILTIN_SUITES_DIR.glob("*.yaml"))
+    assert names == ["digits", "paper-finetune", "paper-scratch"]
+    digits = load_suite("digits")
+    assert digits.splits == ("digits_even", "digits_odd") and digits.budget == "cpu" and digits.seeds == 3
+    assert [m.label for m in digits.methods] == ["unsupervised", "supervised", "pu-abs", "pu-max", "pnu"]
+    scratch = load_suite("paper-scratch")
+    assert scratch.splits == ("mnist_even", "mnist_odd", "cifar10_vehicles", "cifar10_animals", "stl10_vehicles",
+                              "stl10_animals")
+    finetune = load_suite("paper-finetune")
+    assert finetune.pretrained == "required"
+    assert finetune.splits == ("cifar10_vehicles", "cifar10_animals", "celeba_male", "celeba_female")
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"seed": 3}, "did you mean 'seeds'"),
+    ({"splits": []}, "splits must be a non-empty list"),
+    ({"splits": ["digits_even", "digits_even"]}, "lists a split twice"),
+    ({"methods": {"pu": {"method": "pu", "beta": 1.5}}}, "methods.pu"),
+    ({"methods": {"x": {"method": "puu"}}}, "expected one of unsupervised, supervised, pu, pnu"),
+    ({"methods": {"x": {"method": "pu", "beta": 0.1, "eta": 1.0}}}, "does not use eta"),
+    ({"methods": {"x": {"method": "pu", "betta": 0.1}}}, "did you mean 'beta'"),
+    ({"seeds": 0}, "seeds=0 is invalid"),
+    ({"budget": "huge"}, "unknown budget 'huge'"),
+    ({"train": {"seed": 4}}, "train"),
+    ({"train": {"lrr": 1.0e-3}}, "did you mean 'lr'"),
+    ({"pretrained": 3}, "pretrained=3 is invalid"),
+])
+def test_bad_suites_fail_at_load_time_naming_the_key(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_suite(suite_data(**changes), "mine.yaml")
+
+
+def test_a_suite_is_found_by_name_in_a_suites_dir_and_must_match_its_file_name(tmp_path):
+    write_suite(tmp_path, suite_data())
+    assert load_suite("mine", [tmp_path]).name == "mine"
+    with pytest.raises(ConfigError, match="did you mean 'mine'"):
+        load_suite("mien", [tmp_path])
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump(suite_data()))
+    with pytest.raises(ConfigError, match="differs from the file name"):
+        load_suite(str(tmp_path / "other.yaml"))
+
+
+def test_plan_covers_every_method_split_and_seed_and_skips_pnu_without_labeled_normal(tmp_path):
+    data = suite_data(splits=["digits_even", "digits_three_vs_eight"], seeds=3, methods={
+        "unsupervised": {"method": "unsupervised"}, "pu-max": {"method": "pu", "correction": "max", "beta": 0.2},
+        "pnu": {"method": "pnu", "beta": 0.2, "eta": 0.5}})
+    settings = settings_for(write_suite(tmp_path, data), tmp_path, "--splits-dir", str(FIXTURE_SPLITS))
+    the_plan = plan(settings, load_suite(settings.suite_file))
+    # 3 seeds x (3 methods on the split with labeled normal data + 2 on digits_even)
+    assert len(the_plan.cells) == 3 * (3 + 2)
+    assert the_plan.skipped == [("digits_even", "pnu", "the split has no labeled normal data")]
+    cell = the_plan.cells["digits_three_vs_eight/pnu/seed2"]
+    assert cell["train_config"]["method"] == "pnu" and cell["train_config"]["eta"] == 0.5
+    assert cell["train_config"]["seed"] == 2 and cell["train_config"]["split_seed"] == 0  # same split, new seed
+    assert cell["tags"] == {"pudm.role": "benchmark", "pudm.split": "digits_three_vs_eight", "pudm.method": "pnu",
+                            "pudm.seed": 2}
+    seeds_of_samples = {c["eval_config"]["sample_seed"] for c in the_plan.cells.values()}
+    assert len(seeds_of_samples) == 3  # each training seed is scored on its own samples
+    # Same budget for every method of a split: only the method's own hyperparameters differ.
+    configs = [c["train_config"] for c in the_plan.cells.values() if c["params"]["split"] == "digits_even"]
+    assert len({(c["steps"], c["lr"], c["batch_size"]) for c in configs}) == 1
+
+
+def test_pretrained_models_are_required_when_the_suite_fine_tunes_and_chosen_per_dataset(tmp_path):
+    suite_file = write_suite(tmp_path, suite_data(pretrained="required", splits=["digits_even", "digits_odd"]))
+    with pytest.raises(ConfigError, match="pass --pretrained"):
+        plan(settings_for(suite_file, tmp_path), load_suite(str(suite_file)))
+    model = tmp_path / "model"
+    model.mkdir()
+    settings = settings_for(suite_file, tmp_path, "--pretrained", f"digits_odd={model}", "--pretrained", "hub/model")
+    cells = plan(settings, load_suite(str(suite_file))).cells
+    assert {c["train_config"]["pretrained"] for k, c in cells.items() if k.startswith("digits_odd/")} == {str(model)}
+    assert {c["train_config"]["pretrained"] for k, c in cells.items() if k.startswith("digits_even/")} == {"hub/model"}
+    with pytest.raises(ConfigError, match="no such folder"):
+        settings_for(suite_file, tmp_path, "--pretrained", str(tmp_path / "missing"))
+
+
+def _outcome(cell: str, rate: float | None, quality: float | None, status: str = "TERMINATED", error=None) -> dict:
+    result = {} if rate is None else {"non_sensitive_rate": rate, "fd_classifier": quality}
+    return {"cell": cell, "trial_id": cell.replace("/", "_"), "status": status, "result": result, "error": error}
+
+
+def test_table_reports_mean_and_sample_std_over_seeds_and_marks_missing_runs(tmp_path):
+    settings = settings_for(write_suite(tmp_path, suite_data()), tmp_path)
+    the_plan = plan(settings, load_suite(settings.suite_file))
+    outcomes = [
+        _outcome("digits_even/unsupervised/seed0", 0.90, 3.0),
+        _outcome("digits_even/unsupervised/seed1", 1.00, 5.0),
+        _outcome("digits_even/pu-abs/seed0", 0.98, 1.5),
+        _outcome("digits_even/pu-abs/seed1", None, None, status="ERROR", error="RayTaskError: worker died"),
+    ]
+    runs = runs_frame(outcomes, the_plan)
+    assert list(runs.method) == ["unsupervised", "pu-abs", "unsupervised", "pu-abs"]  # plan order
+    table = summary_table(runs, the_plan).set_index("method")
+    assert table.loc["unsupervised", "rate_mean"] == pytest.approx(0.95)
+    assert table.loc["unsupervised", "rate_std"] == pytest.approx(math.sqrt(0.005))  # ddof 1: 0.0707
+    assert table.loc["unsupervised", "quality_std"] == pytest.approx(math.sqrt(2.0))
+    assert table.loc["pu-abs", "n"] == 1 and table.loc["pu-abs", "planned"] == 2
+    assert math.isnan(table.loc["pu-abs", "rate_std"])
+    text = markdown_table(table.reset_index(), the_plan)
+    assert "| unsupervised | 0.950 ± 0.071 | 4.000 ± 1.414 |" in text
+    assert "| pu-abs | 0.980 (1/2) | 1.500 (1/2) |" in text
+    assert "digits_even non-sensitive ↑" in text and "digits_even fd_classifier ↓" in text
+
+
+def test_cli_lists_suites_and_dry_run_plans_without_training(tmp_path, capsys):
+    assert benchmark.main(["--list"]) == 0
+    assert "paper-finetune" in capsys.readouterr().out
+    assert benchmark.main(["--suite", "digits", "--seeds", "2", "--dry-run", "--storage", str(tmp_path)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["runs"] == 2 * 2 * 4 and "pnu on digits_even: the split has no labeled normal data" in out["skipped"]
+    assert not list(tmp_path.iterdir())  # nothing written
+    assert benchmark.main(["--suite", "digitz"]) == 2
+    assert "did you mean 'digits'" in capsys.readouterr().err
+
+
+def tiny_pipeline(path: Path, image_size: int = 8, channels: int = 1) -> Path:
+    """A DDPM pipeline with a deliberately unusual UNet (block widths 8, 16) so a fine-tuned run is recognisable."""
+    import torch
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=image_size, in_channels=channels, out_channels=channels, layers_per_block=1,
+                       block_out_channels=(8, 16), down_block_types=("DownBlock2D", "DownBlock2D"),
+                       up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=8)
+    DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=1000)).save_pretrained(str(path))
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_benchmark_fine_tunes_every_method_through_ray_and_logs_one_parent_with_a_table(tmp_path):
+    """A real benchmark: 3 methods (PNU included: the split has labeled normal data) x 2 seeds, smoke budget, every
+    run fine-tuned from a pipeline written with save_pretrained, read back through MlflowClient."""
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
+    pipeline = tiny_pipeline(tmp_path / "tiny-ddpm")
+    data = suite_data(splits=["digits_three_vs_eight"], pretrained="required", methods={
+        "unsupervised": {"method": "unsupervised"}, "pu-max": {"method": "pu", "correction": "max", "beta": 0.2},
+        "pnu": {"method": "pnu", "beta": 0.2}})
+    suite_file = write_suite(tmp_path, data)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    argv = ["--suite", str(suite_file), "--splits-dir", str(FIXTURE_SPLITS), "--pretrained", f"digits={pipeline}",
+            "--storage", str(tmp_path / "runs"), "--mlflow-uri", uri, "--num-cpus", "2", "--quiet",
+            "--referee-floor", "0.8"]
+    assert benchmark.main(argv) == 0
+
+    run_dir = tmp_path / "runs" / "mine-smoke-x2"
+    runs = pd.read_csv(run_dir / "benchmark_runs.csv")
+    assert len(runs) == 6 and set(runs.status) == {"TERMINATED"}
+    assert runs.non_sensitive_rate.between(0, 1).all() and (runs.quality > 0).all()
+    table = pd.read_csv(run_dir / "benchmark_table.csv")
+    assert list(table.method) == ["unsupervised", "pu-max", "pnu"] and set(table.n) == {2}
+    assert "| pnu |" in (run_dir / "benchmark_table.md").read_text()
+    # Every run started from the saved pipeline: its unusual UNet is what each run saved at the end.
+    finals = sorted((run_dir / "train").glob("trial-*/final/pipeline/unet/config.json"))
+    assert len(finals) == 6
+    assert all(json.loads(f.read_text())["block_out_channels"] == [8, 16] for f in finals)
+
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("pudm-benchmark-mine")
+    parents = client.search_runs([experiment.experiment_id], "tags.`pudm.kind` = 'benchmark'")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    parent = parents[0]
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"benchmark_table.json", "benchmark_table.csv", "benchmark_table.md", "benchmark_runs.csv"} <= artifacts
+    key = "digits_three_vs_eight/pnu/non_sensitive_rate_mean"
+    expected = runs[runs.method == "pnu"].non_sensitive_rate.mean()
+    assert parent.data.metrics[key] == pytest.approx(expected)
+    children = client.search_runs([experiment.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert len(children) == 6 and {c.info.status for c in children} == {"FINISHED"}
+    assert {(c.data.tags["pudm.method"], c.data.tags["pudm.seed"]) for c in children} == {
+        (m, s) for m in ("unsupervised", "pu-max", "pnu") for s in ("0", "1")}
+    assert {c.data.params["pretrained"] for c in children} == {str(pipeline)}
+    assert all("non_sensitive_rate" in c.data.metrics for c in children)
