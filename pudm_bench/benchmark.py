@@ -341,6 +341,38 @@ def markdown_table(table, the_plan: Plan) -> str:
     return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
 
 
+def write_sample_grids(runs, run_dir: Path) -> list[Path]:
+    """One figure per split, one panel per method: the samples of its lowest finished seed (the first 64 of the
+    images that were scored), titled with that run's scores. Read from each run's final checkpoint
+    (``<run_dir>/train/trial-<id>/final/samples.png``); written to ``<run_dir>/grids/<split>.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    written = []
+    done = runs[runs[RATE].notna()] if len(runs) else runs
+    for split, rows in done.groupby("split", sort=False):
+        chosen = rows.sort_values("seed").groupby("method", sort=False).head(1)
+        fig, axes = plt.subplots(1, len(chosen), figsize=(3.2 * len(chosen), 3.6), squeeze=False)
+        for ax, row in zip(axes[0], chosen.itertuples()):
+            grid = run_dir / "train" / f"trial-{row.trial_id}" / "final" / "samples.png"
+            if grid.is_file():
+                ax.imshow(Image.open(grid), cmap="gray")
+            ax.set_title(f"{row.method} (seed {row.seed})\nrate {getattr(row, RATE):.3f}, "
+                         f"{row.quality_metric} {row.quality:.3g}", fontsize=9)
+            ax.axis("off")
+        fig.suptitle(f"{split}: samples per method", fontsize=11)
+        fig.tight_layout()
+        path = run_dir / "grids" / f"{split}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
 def table_metrics(table) -> dict[str, float]:
     """Summary metrics for MLflow's compare view: ``<split>/<method>/<objective>_mean|_std``."""
     out = {}
@@ -415,13 +447,14 @@ def run_benchmark(settings: BenchmarkSettings, resume: bool = False, ray_address
     (run_dir / "benchmark_table.md").write_text(markdown)
     table.to_csv(run_dir / "benchmark_table.csv", index=False)
     runs.to_csv(run_dir / "benchmark_runs.csv", index=False)
+    grids = write_sample_grids(runs, run_dir)
     tracker.close_stale_trials(active_trial_ids=set())
-    tracker.log_benchmark(table, runs, markdown, {**table_metrics(table), "wall_seconds": wall})
+    tracker.log_benchmark(table, runs, markdown, {**table_metrics(table), "wall_seconds": wall}, grids)
     failed = int(runs[RATE].isna().sum()) if len(runs) else 0
     tracker.end_sweep("FINISHED" if failed < len(runs) else "FAILED")
     return {"plan": the_plan, "runs": runs, "table": table, "markdown": markdown, "wall_seconds": wall,
             "parent_run_id": parent_id, "tracking_uri": tracking.redact(settings.mlflow_uri),
-            "experiment": settings.experiment, "run_dir": run_dir}
+            "experiment": settings.experiment, "run_dir": run_dir, "grids": grids}
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -337,8 +337,9 @@ class TrackingCallback(tune.Callback):
     """
 
     def __init__(self, mlflow_uri: str, experiment: str, sweep_name: str, parent_run_id: str,
-                 searched_method: str | None = None, cells: dict[str, dict[str, Any]] | None = None) -> None:
-        self.uri, self.experiment, self.parent = mlflow_uri, experiment, parent_run_id
+                 searched_method: str | None = None, cells: dict[str, dict[str, Any]] | None = None,
+                 kind: str = "sweep") -> None:
+        self.uri, self.experiment, self.parent, self.kind = mlflow_uri, experiment, parent_run_id, kind
         self.sweep_name, self.searched_method = sweep_name, searched_method
         self.cells = cells or {}  # fixed trials (run_cells): config {"cell": id} -> the cell's params and tags
         self._tracker = None
@@ -349,7 +350,7 @@ class TrackingCallback(tune.Callback):
 
         if self._tracker is None:
             self._tracker = SweepTracker(self.uri, self.experiment)
-            self._tracker.start_sweep(self.sweep_name, tags={}, params={}, resume_run_id=self.parent)
+            self._tracker.start_sweep(self.sweep_name, tags={}, params={}, resume_run_id=self.parent, kind=self.kind)
         return self._tracker
 
     def __getstate__(self) -> dict[str, Any]:
@@ -568,7 +569,7 @@ def run_cells(cells: dict[str, dict[str, Any]], run_dir: Path, *, mlflow_uri: st
             tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent),
             run_config=tune.RunConfig(name="tune", storage_path=str(run_dir), verbose=verbose,
                                       callbacks=[TrackingCallback(mlflow_uri, experiment, run_name, parent_run_id,
-                                                                  cells=cells)],
+                                                                  cells=cells, kind="benchmark")],
                                       failure_config=tune.FailureConfig(max_failures=0)))
     grid = tuner.fit()
     out = []

@@ -39,6 +39,9 @@ from pudm_bench.pareto import QUALITY, RATE, default_reference, hypervolume_2d, 
 
 TAG_KIND, TAG_SWEEP, TAG_TRIAL = "pudm.kind", "pudm.sweep_name", "pudm.trial_id"
 PARENT_KINDS = ("sweep", "benchmark")
+# MLflow 3's UI opens an experiment in its GenAI (traces) view unless the experiment says it is model training; with
+# this tag our experiments open on the runs table, where the sweeps and their trials are.
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 TAG_ROLE, TAG_ERROR, TAG_QUALITY = "pudm.role", "pudm.error", "pudm.quality"
 TAG_PARENT = "mlflow.parentRunId"
 TRIAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
@@ -261,12 +264,15 @@ class SweepTracker:
                     f"MLflow experiment {self.experiment_name!r} (id {experiment.experiment_id}) is deleted in "
                     f"{redact(self.uri)}: restore it (mlflow experiments restore --experiment-id "
                     f"{experiment.experiment_id}) or pass --experiment NEW")
+            if EXPERIMENT_KIND_TAG not in experiment.tags:
+                self.client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
             return experiment.experiment_id
         artifact_location = None
         if urlsplit(self.uri).scheme == "sqlite":
             # MLflow's default is ./mlruns under the *current* folder; keep artifacts beside the database instead.
             artifact_location = str(_sqlite_path(self.uri).parent / "mlruns" / self.experiment_name)
-        return self.client.create_experiment(self.experiment_name, artifact_location=artifact_location)
+        return self.client.create_experiment(self.experiment_name, artifact_location=artifact_location,
+                                             tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
 
     # -- the parent run -------------------------------------------------------------------------------------------
 
@@ -458,11 +464,11 @@ class SweepTracker:
     # -- benchmark tables -----------------------------------------------------------------------------------------
 
     def log_benchmark(self, table: pd.DataFrame, runs: pd.DataFrame, markdown: str,
-                      metrics: dict[str, float]) -> None:
+                      metrics: dict[str, float], figures: Iterable[str | os.PathLike] = ()) -> None:
         """Log a benchmark's comparison on the parent run: ``benchmark_table.json`` (``log_table``: the MLflow UI's
         Artifacts tab shows it as a table), ``benchmark_table.csv``, ``benchmark_runs.csv`` (one row per run),
         ``benchmark_table.md`` (the paper-style table) and the summary ``metrics`` (mean/std per split and
-        method, for the runs-comparison view)."""
+        method, for the runs-comparison view); ``figures`` go under ``grids/``."""
         run_id = self._parent()
         existing = {f.path for f in self.client.list_artifacts(run_id)}
         with tempfile.TemporaryDirectory() as tmp:
@@ -477,6 +483,8 @@ class SweepTracker:
             (Path(tmp) / "benchmark_table.md").write_text(markdown)
             for name in ("benchmark_table.csv", "benchmark_runs.csv", "benchmark_table.md"):
                 self.client.log_artifact(run_id, str(Path(tmp) / name))
+        for figure in figures:
+            self.client.log_artifact(run_id, str(figure), artifact_path="grids")
         now = _now_ms()
         self._log(run_id, metrics=[Metric(_key(k), float(v), now, 0) for k, v in metrics.items()
                                    if _finite_number(v) is not None])

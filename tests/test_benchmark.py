@@ -200,6 +200,7 @@ def test_benchmark_fine_tunes_every_method_through_ray_and_logs_one_parent_with_
     table = pd.read_csv(run_dir / "benchmark_table.csv")
     assert list(table.method) == ["unsupervised", "pu-max", "pnu"] and set(table.n) == {2}
     assert "| pnu |" in (run_dir / "benchmark_table.md").read_text()
+    assert (run_dir / "grids" / "digits_three_vs_eight.png").is_file()  # one panel per method
     # Every run started from the saved pipeline: its unusual UNet is what each run saved at the end.
     finals = sorted((run_dir / "train").glob("trial-*/final/pipeline/unet/config.json"))
     assert len(finals) == 6
@@ -211,7 +212,7 @@ def test_benchmark_fine_tunes_every_method_through_ray_and_logs_one_parent_with_
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     parent = parents[0]
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"benchmark_table.json", "benchmark_table.csv", "benchmark_table.md", "benchmark_runs.csv"} <= artifacts
+    assert {"benchmark_table.json", "benchmark_table.csv", "benchmark_table.md", "benchmark_runs.csv", "grids"} <= artifacts
     key = "digits_three_vs_eight/pnu/non_sensitive_rate_mean"
     expected = runs[runs.method == "pnu"].non_sensitive_rate.mean()
     assert parent.data.metrics[key] == pytest.approx(expected)

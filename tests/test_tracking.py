@@ -291,3 +291,27 @@ def test_sqlite_store_location_is_checked(tmp_path):
     (tmp_path / "afile").write_text("x")
     with pytest.raises(ConfigError, match="not writable"):
         check_tracking_reachable(f"sqlite:///{tmp_path}/afile/mlflow.db")
+
+
+def test_experiments_open_on_the_runs_table_in_the_mlflow_ui(store):
+    """MLflow 3's UI shows an experiment without mlflow.experimentKind as a GenAI (traces) page; ours say they are
+    model training, new ones at creation and existing ones when a sweep next uses them."""
+    client = MlflowClient(tracking_uri=store)
+    SweepTracker(store, "pudm-kind-new")
+    assert client.get_experiment_by_name("pudm-kind-new").tags["mlflow.experimentKind"] == "custom_model_development"
+    old = client.create_experiment("pudm-kind-old")
+    assert "mlflow.experimentKind" not in client.get_experiment(old).tags
+    SweepTracker(store, "pudm-kind-old")
+    assert client.get_experiment(old).tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_a_benchmark_parent_keeps_its_kind_when_resumed_and_is_not_listed_as_a_sweep(store):
+    tracker = SweepTracker(store, "pudm-kind-bench")
+    parent = tracker.start_sweep("bench", tags={}, params={}, kind="benchmark")
+    again = SweepTracker(store, "pudm-kind-bench")  # what the Tune callback does in the driver
+    assert again.start_sweep("bench", tags={}, params={}, resume_run_id=parent, kind="benchmark") == parent
+    run = MlflowClient(tracking_uri=store).get_run(parent)
+    assert run.data.tags["pudm.kind"] == "benchmark"
+    assert len(list_sweeps(store, "pudm-kind-bench")) == 0
+    with pytest.raises(ValueError, match="kind must be one of"):
+        tracker.start_sweep("x", tags={}, params={}, kind="study")

@@ -203,6 +203,33 @@ def test_fine_tuning_starts_from_a_pretrained_pipeline(tmp_path, digits_split):
         assert diff < 1e-4
 
 
+@pytest.mark.parametrize(("method", "extra"), [
+    ("unsupervised", {}), ("supervised", {}), ("pu", {"correction": "abs"}), ("pu", {"correction": "max"}),
+])
+def test_every_method_fine_tunes_a_saved_diffusers_pipeline(tmp_path, digits_split, method, extra):
+    """The paper's fine-tuning path for every method: a DDPMPipeline written with save_pretrained (an unusual UNet,
+    block widths 8/16, so it cannot be mistaken for a preset) is loaded, trained and saved again."""
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    from pudm_bench.train import save_pipeline
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(8, 16),
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                       norm_num_groups=8)
+    DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=1000)).save_pretrained(str(tmp_path / "ddpm"))
+    before = weights(unet)
+    beta = {"beta": 0.1} if method == "pu" else {"beta": None}
+    result = train(tiny_config(method=method, steps=3, pretrained=str(tmp_path / "ddpm"), **beta, **extra),
+                   digits_split, tmp_path / "run")
+    assert tuple(result.model.config.block_out_channels) == (8, 16)
+    after = weights(result.model)
+    assert before.keys() == after.keys()
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # it trained from those weights
+    save_pipeline(result, tmp_path / "run")
+    assert DDPMPipeline.from_pretrained(tmp_path / "run" / "pipeline").unet.config.block_out_channels == [8, 16]
+
+
 def test_pretrained_errors_are_clear(tmp_path, digits_split):
     with pytest.raises(ConfigError, match="nowhere does not exist"):
         train(tiny_config(pretrained=str(tmp_path / "nowhere")), digits_split, tmp_path / "a")
