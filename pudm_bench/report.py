@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 from typing import Sequence
 
 import pandas as pd
 
-from pudm_bench.errors import ConfigError, PudmError
+from pudm_bench.errors import ConfigError, PudmError, unknown_name
 from pudm_bench.pareto import QUALITY, RATE, default_reference, hypervolume_2d, pareto_front
 from pudm_bench.tracking import list_sweeps, load_sweep, redact, resolve_tracking_uri
 
@@ -55,9 +56,19 @@ def _reference_text(reference: tuple[float, float], quality: str) -> str:
 
 
 def _pick(uri: str, experiment: str | None, run_id: str | None) -> str:
-    if run_id:
+    """A sweep's parent run id: ``run_id`` as given (a run id, or a sweep name looked up in the store), else the
+    latest sweep."""
+    if run_id and re.fullmatch(r"[0-9a-f]{32}", run_id):
         return run_id
     sweeps = list_sweeps(uri, experiment)
+    if run_id:
+        named = sweeps[sweeps["sweep_name"] == run_id]
+        if named.empty:
+            raise unknown_name("sweep", run_id, sorted(set(sweeps["sweep_name"])) or ["(no sweeps)"])
+        if named["experiment"].nunique() > 1:
+            raise ConfigError(f"sweep name {run_id!r} is used in experiments {', '.join(sorted(set(named['experiment'])))}; "
+                              "pass --experiment, or the parent run id")
+        return str(named.iloc[0]["run_id"])
     if sweeps.empty:
         where = f" (experiment {experiment!r})" if experiment else ""
         raise ConfigError(f"no sweeps in {redact(uri)}{where}: run python -m pudm_bench.sweep first, or pass "
@@ -144,8 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)")
     p.add_argument("--experiment", default=None, help="only sweeps of this experiment, e.g. pudm-digits_even (default: all)")
     what = p.add_mutually_exclusive_group()
-    what.add_argument("--sweep", default=None, metavar="RUN_ID", help="the sweep's parent run id (default: latest)")
-    what.add_argument("--compare", nargs=2, default=None, metavar=("RUN_ID_A", "RUN_ID_B"),
+    what.add_argument("--sweep", default=None, metavar="RUN_ID_OR_NAME",
+                      help="the sweep's parent run id or its name (default: latest)")
+    what.add_argument("--compare", nargs=2, default=None, metavar=("SWEEP_A", "SWEEP_B"),
                       help="two sweeps' fronts side by side, hypervolumes against one reference")
     what.add_argument("--list", action="store_true", help="list the sweeps, newest first")
     return p
@@ -158,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.list:
             text = report_list(uri, args.experiment)
         elif args.compare:
-            text = report_compare(uri, *args.compare)
+            text = report_compare(uri, *(_pick(uri, args.experiment, ref) for ref in args.compare))
         else:
             text = report_sweep(uri, _pick(uri, args.experiment, args.sweep))
     except PudmError as exc:

@@ -63,6 +63,14 @@ def test_compare_uses_one_reference(sweeps, capsys):
     assert f"A {first}: 14.4" in out and f"B {second}: 7.38" in out
 
 
+def test_sweeps_can_be_named_instead_of_run_ids(sweeps, capsys):
+    uri, first, second = sweeps
+    code, out, _ = run(capsys, "--mlflow-uri", uri, "--compare", "first", "second")
+    assert code == 0 and f"A {first}: 14.4" in out and f"B {second}: 7.38" in out
+    code, out, _ = run(capsys, "--mlflow-uri", uri, "--sweep", "first")
+    assert code == 0 and f"run {first}" in out
+
+
 def test_list(sweeps, capsys):
     uri, first, second = sweeps
     code, out, _ = run(capsys, "--mlflow-uri", uri, "--list")
@@ -73,7 +81,7 @@ def test_list(sweeps, capsys):
     (["--experiment", "pudm-empty"], "error: no sweeps in"),
     (["--experiment", "pudm-digits_evn"], "did you mean 'pudm-digits_even'"),
     (["--sweep", "0123456789abcdef0123456789abcdef"], "error: no sweep with run id"),
-    (["--sweep", "not an id"], "error: run id 'not an id' is invalid"),
+    (["--sweep", "frist"], "error: unknown sweep 'frist' (did you mean 'first'?)"),
 ])
 def test_errors_are_one_line(sweeps, capsys, argv, message):
     uri, _, _ = sweeps
