@@ -364,7 +364,7 @@ def write_sample_grids(runs, run_dir: Path) -> list[Path]:
                          f"{row.quality_metric} {row.quality:.3g}", fontsize=9)
             ax.axis("off")
         fig.suptitle(f"{split}: samples per method", fontsize=11)
-        fig.tight_layout()
+        fig.tight_layout(rect=(0, 0, 1, 0.9))  # room for the suptitle above the panel titles
         path = run_dir / "grids" / f"{split}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=110)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -112,6 +113,10 @@ class RefereeSpec:
     batch_size: int = 128
     lr: float = 1e-3
     max_train_images: int = 50_000
+    # At least this many optimizer steps, whatever ``epochs`` says: a user's image folder of a few hundred images
+    # is one or two batches per epoch, and a handful of steps leaves the referee at chance. (Digits: 11 batches x
+    # 30 epochs = 330 steps, unaffected.)
+    min_steps: int = 300
     seed: int = 0
     version: int = REFEREE_VERSION
 
@@ -220,12 +225,13 @@ def train_referee(spec: RefereeSpec, data_root: Path | None, download: bool = Fa
     model = spec.build().to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=1e-4)
     steps_per_epoch = max(1, len(x_train) // spec.batch_size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=spec.lr, total_steps=spec.epochs * steps_per_epoch)
+    epochs = max(spec.epochs, math.ceil(spec.min_steps / steps_per_epoch))
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=spec.lr, total_steps=epochs * steps_per_epoch)
     weight = (counts.sum() / (k * counts)).to(device)  # balanced: each group weighs the same in the loss
     flip = spec.dataset in FLIP_DATASETS
     generator = torch.Generator().manual_seed(spec.seed)
     model.train()
-    for _ in range(spec.epochs):
+    for _ in range(epochs):
         order = torch.randperm(len(x_train), generator=generator)
         for b in range(steps_per_epoch):
             idx = order[b * spec.batch_size:(b + 1) * spec.batch_size]
@@ -245,6 +251,7 @@ def train_referee(spec: RefereeSpec, data_root: Path | None, download: bool = Fa
         "balanced_accuracy": bal,
         "recall_per_group": recalls,
         "train_images": len(x_train),
+        "train_steps": epochs * steps_per_epoch,
         "test_images": len(x_test),
         "train_seconds": round(time.perf_counter() - start, 2),
         "spec": asdict(spec),

@@ -183,12 +183,16 @@ def test_benchmark_fine_tunes_every_method_through_ray_and_logs_one_parent_with_
     from mlflow.tracking import MlflowClient
 
     pipeline = tiny_pipeline(tmp_path / "tiny-ddpm")
+    splits = tmp_path / "splits"  # the fixture split, scored with fd_classifier (no Inception weights here)
+    splits.mkdir()
+    split = yaml.safe_load((FIXTURE_SPLITS / "digits_three_vs_eight.yaml").read_text())
+    (splits / "digits_three_vs_eight.yaml").write_text(yaml.safe_dump({**split, "quality_metric": "fd_classifier"}))
     data = suite_data(splits=["digits_three_vs_eight"], pretrained="required", methods={
         "unsupervised": {"method": "unsupervised"}, "pu-max": {"method": "pu", "correction": "max", "beta": 0.2},
         "pnu": {"method": "pnu", "beta": 0.2}})
     suite_file = write_suite(tmp_path, data)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    argv = ["--suite", str(suite_file), "--splits-dir", str(FIXTURE_SPLITS), "--pretrained", f"digits={pipeline}",
+    argv = ["--suite", str(suite_file), "--splits-dir", str(splits), "--pretrained", f"digits={pipeline}",
             "--storage", str(tmp_path / "runs"), "--mlflow-uri", uri, "--num-cpus", "2", "--quiet",
             "--referee-floor", "0.8"]
     assert benchmark.main(argv) == 0
