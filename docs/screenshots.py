@@ -80,9 +80,7 @@ def main() -> int:
     try:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=args.chromium, args=["--no-sandbox"])
-            page = browser.new_page(viewport={"width": 1500, "height": 900})
-            page.add_init_script(QUIET_UI + f"localStorage.setItem({json.dumps(state_key)}, "
-                                            f"{json.dumps(json.dumps(state))});")
+            init = QUIET_UI + f"localStorage.setItem({json.dumps(state_key)}, {json.dumps(json.dumps(state))});"
             shots = {"mlflow_runs_table.png": f"{base}/runs"}
             first = parents[args.sweep[0]]
             shots["mlflow_pareto_plot.png"] = f"{base}/runs/{first}/artifacts/pareto.png"
@@ -91,9 +89,17 @@ def main() -> int:
             shots["mlflow_compare_sweeps.png"] = (f"http://127.0.0.1:{port}/#/compare-runs?runs={runs}"
                                                   f"&experiments={json.dumps([experiment_id])}")
             for name, url in shots.items():
+                wide = name == "mlflow_pareto_table.png"  # the table view shows as many columns as fit
+                page = browser.new_page(viewport={"width": 1900 if wide else 1500, "height": 900})  # fresh load
+                page.add_init_script(init)
                 page.goto(url)
                 page.wait_for_timeout(6000)  # the UI renders after its API calls return
+                artifact = url.rsplit("/artifacts/", 1)[-1] if "/artifacts/" in url else None
+                if artifact:  # make sure the file is the one shown, whatever the route restored
+                    page.get_by_text(artifact, exact=True).first.click()
+                    page.wait_for_timeout(3000)
                 page.screenshot(path=str(out / name))
+                page.close()
                 print(f"wrote {out / name}  ({url.replace(str(port), 'PORT')})")
             browser.close()
     finally:

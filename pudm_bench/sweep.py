@@ -140,6 +140,19 @@ def make_eval_config(budget: Budget, quality: str, seed: int, referee_floor: flo
 # Train workers
 
 
+def _quiet_train_reports() -> None:
+    """Ray 2.60's Train worker logs every ``report`` at INFO ("Reporting training result N: ...") through a logger
+    named after its source file, which ``LoggingConfig(log_level=...)`` does not reach; one line per training log
+    step would flood the sweep's output."""
+    import logging
+
+    try:
+        from ray.train.v2._internal.execution import context as train_context
+    except ImportError:  # another Ray version: nothing to quiet
+        return
+    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+
+
 def train_worker(loop_config: dict[str, Any]) -> None:
     """One Ray Train worker: restore the latest checkpoint, train, evaluate on rank 0, report (every rank)."""
     import torch
@@ -147,6 +160,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     from pudm_bench.evaluate import evaluate_model
     from pudm_bench.train import Callback, save_pipeline, train
 
+    _quiet_train_reports()
     context = ray.train.get_context()
     rank = context.get_world_rank()
     torch.set_num_threads(max(1, round(loop_config["cpus_per_worker"])))
@@ -338,10 +352,11 @@ class TrackingCallback(tune.Callback):
 
     def __init__(self, mlflow_uri: str, experiment: str, sweep_name: str, parent_run_id: str,
                  searched_method: str | None = None, cells: dict[str, dict[str, Any]] | None = None,
-                 kind: str = "sweep") -> None:
+                 kind: str = "sweep", fixed: dict[str, Any] | None = None) -> None:
         self.uri, self.experiment, self.parent, self.kind = mlflow_uri, experiment, parent_run_id, kind
         self.sweep_name, self.searched_method = sweep_name, searched_method
         self.cells = cells or {}  # fixed trials (run_cells): config {"cell": id} -> the cell's params and tags
+        self.fixed = dict(fixed or {})  # the search space's fixed values: logged with every searched trial
         self._tracker = None
 
     @property
@@ -364,6 +379,8 @@ class TrackingCallback(tune.Callback):
             return
         params = _trial_params(trial.config)
         role = "baseline" if params.get("method") in BASELINE_METHODS else "search"
+        if role == "search":
+            params = {**self.fixed, **params}
         params.setdefault("method", self.searched_method)
         self.tracker.trial_run(trial.trial_id, params=params, tags={"pudm.role": role})
 
@@ -407,6 +424,8 @@ def results_frame(trials, settings: SweepSettings, space: SearchSpace):
         result = trial.last_result or {}
         params = _trial_params(trial.config)
         method = params.get("method") or space.method
+        if method not in BASELINE_METHODS:
+            params = {**space.fixed, **params}
         rate, quality = result.get(OBJECTIVE_RATE), result.get(settings.quality)
         failed = result.get("failed") or (str(trial.get_error()) if trial.status == "ERROR" else None)
         finite = all(isinstance(v, (int, float)) and math.isfinite(v) for v in (rate, quality))
@@ -513,7 +532,7 @@ def run_sweep(settings: SweepSettings, resume: bool, ray_address: str | None, nu
             ),
             run_config=tune.RunConfig(name="tune", storage_path=str(sweep_dir), verbose=verbose,
                                       callbacks=[TrackingCallback(settings.mlflow_uri, settings.experiment, settings.name,
-                                                                 parent_id, space.method)],
+                                                                 parent_id, space.method, fixed=space.fixed)],
                                       failure_config=tune.FailureConfig(max_failures=0)),
         )
     grid = tuner.fit()

@@ -238,3 +238,39 @@ def test_stopping_trials_early_frees_their_train_workers(tmp_path):
         assert ray.available_resources().get("CPU", 0) == pytest.approx(2)
     finally:
         ray.shutdown()
+
+
+def test_train_workers_do_not_log_every_report():
+    """Ray 2.60's Train context logs each report at INFO through a logger named after its file; train_worker
+    silences exactly that logger (this fails if Ray renames it, and the sweep's output would flood again)."""
+    import logging
+
+    from ray.train.v2._internal.execution import context as train_context
+
+    from pudm_bench.sweep import _quiet_train_reports
+
+    _quiet_train_reports()
+    assert not train_context.logger.isEnabledFor(logging.INFO)
+    assert train_context.logger.isEnabledFor(logging.WARNING)
+
+
+def test_searched_trials_log_the_search_spaces_fixed_values(tmp_path):
+    """A search space that fixes a value (narrow_beta.yaml: correction abs) still shows it on every searched
+    trial's MLflow run; baselines do not get it."""
+    from types import SimpleNamespace
+
+    from mlflow import MlflowClient
+
+    from pudm_bench.sweep import TrackingCallback
+    from pudm_bench.tracking import SweepTracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    parent = SweepTracker(uri, "pudm-fixed").start_sweep("s", tags={}, params={})
+    callback = TrackingCallback(uri, "pudm-fixed", "s", parent, "pu", fixed={"correction": "abs"})
+    callback.on_trial_start(0, [], SimpleNamespace(trial_id="t1", config={"beta": 0.1, "lr": 1e-3}))
+    callback.on_trial_start(0, [], SimpleNamespace(trial_id="t2", config={"method": "unsupervised", "lr": 1e-3}))
+    client = MlflowClient(tracking_uri=uri)
+    runs = {r.data.tags["pudm.trial_id"]: r for r in client.search_runs(
+        [client.get_experiment_by_name("pudm-fixed").experiment_id], "tags.`pudm.kind` = 'trial'")}
+    assert runs["t1"].data.params["correction"] == "abs" and runs["t1"].data.params["method"] == "pu"
+    assert "correction" not in runs["t2"].data.params
