@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -195,7 +197,12 @@ def test_benchmark_fine_tunes_every_method_through_ray_and_logs_one_parent_with_
     argv = ["--suite", str(suite_file), "--splits-dir", str(splits), "--pretrained", f"digits={pipeline}",
             "--storage", str(tmp_path / "runs"), "--mlflow-uri", uri, "--num-cpus", "2", "--quiet",
             "--referee-floor", "0.8"]
-    assert benchmark.main(argv) == 0
+    # In a subprocess, as users run it: an in-process run would leave this pytest process a Ray driver, and a
+    # later test's `ray stop --force` would take it down with the cluster.
+    done = subprocess.run([sys.executable, "-m", "pudm_bench.benchmark", *argv], capture_output=True, text=True,
+                          timeout=840)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "| pnu |" in done.stdout and "parent run" in done.stdout
 
     run_dir = tmp_path / "runs" / "mine-smoke-x2"
     runs = pd.read_csv(run_dir / "benchmark_runs.csv")
