@@ -20,18 +20,20 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
-from diffusers import DDPMScheduler, UNet2DModel
 
 from pudm_bench.config import SAMPLERS, TrainConfig
 from pudm_bench.data.splits import QUALITY_METRICS, BuiltSplit, build_split, get_split
 from pudm_bench.errors import ConfigError, DataNotFoundError, PudmError
-from pudm_bench.fid import fid as inception_fid
-from pudm_bench.fid import frechet_distance, resolve_fid_weights
-from pudm_bench.referee import Referee, check_referee, get_referee
-from pudm_bench.sampling import sample_images, save_grid
+
+if TYPE_CHECKING:
+    from pudm_bench.referee import Referee
+
+# The scoring machinery (referee, Inception/FID, sampling, diffusers) is imported by the functions that use it:
+# EvalConfig is read in processes that only pass it on (a sweep's driver, Tune trial actors, Ray Train
+# controllers), and those imports cost seconds of CPU per process.
 
 FID_CHOICES = ("auto", "on", "off")
 
@@ -94,6 +96,9 @@ def normal_rate(logits: torch.Tensor) -> tuple[float, int]:
 def score_images(samples: torch.Tensor, split: BuiltSplit, config: EvalConfig, referee: Referee,
                  device: torch.device | str = "cpu") -> dict[str, Any]:
     """All metrics of generated uint8 images against the split (the part shared by models and tests)."""
+    from pudm_bench.fid import fid as inception_fid
+    from pudm_bench.fid import frechet_distance, resolve_fid_weights
+
     quality = config.quality_metric or split.spec.quality_metric
     start = time.perf_counter()
     # One referee pass per image set gives both verdicts and features.
@@ -142,6 +147,9 @@ def evaluate_model(model, noise_scheduler, split: BuiltSplit, config: EvalConfig
                    grid_path: str | Path | None = None) -> dict[str, Any]:
     """Sample ``config.num_samples`` images and score them (the function every sweep trial calls); with
     ``grid_path``, the first 64 of the scored samples are also saved as a PNG grid."""
+    from pudm_bench.referee import check_referee, get_referee
+    from pudm_bench.sampling import sample_images, save_grid
+
     referee = get_referee(split.spec, data_dir=data_dir, download=download, cache_dir=config.cache_dir,
                           path=config.referee_path, epochs=config.referee_epochs)
     check_referee(referee, config.referee_floor)  # refuse before spending time on sampling
@@ -174,6 +182,8 @@ def evaluate_run(run_dir: str | Path, config: EvalConfig, device: str | None = N
         raise ConfigError(f"split {spec.name!r} now builds fingerprint {split.fingerprint}, but the run was trained on "
                           f"{resolved['split']['fingerprint']}; the split file or data changed since training")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    from diffusers import DDPMScheduler, UNet2DModel
+
     model = UNet2DModel.from_pretrained(str(pipeline_dir / "unet")).to(device).eval()
     noise_scheduler = DDPMScheduler.from_pretrained(str(pipeline_dir / "scheduler"))
     metrics = evaluate_model(model, noise_scheduler, split, config, data_dir=train_config.data_dir, device=device,

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
-from diffusers import DDPMScheduler, UNet2DModel
+from typing import TYPE_CHECKING, Any
 
 from pudm_bench.errors import ConfigError, unknown_name
 
+if TYPE_CHECKING:
+    from diffusers import DDPMScheduler, UNet2DModel
+
+# diffusers is imported where a model is built, not at module import: the preset names are read by split loading
+# in processes that never build a model (a sweep's driver, Tune trial actors, Ray Train controllers), and importing
+# diffusers costs about 2 s of CPU per process.
 NUM_TRAIN_TIMESTEPS = 1000
 
 _DOWN4 = ("DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "DownBlock2D")
@@ -51,6 +55,8 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
 
 def build_model(preset: str, image_size: int, channels: int) -> UNet2DModel:
     """A freshly initialised UNet2DModel from a preset (uses the global torch RNG: seed it first)."""
+    from diffusers import UNet2DModel
+
     if preset not in MODEL_PRESETS:
         raise unknown_name("model preset", preset, MODEL_PRESETS)
     config = MODEL_PRESETS[preset]
@@ -65,6 +71,8 @@ def build_model(preset: str, image_size: int, channels: int) -> UNet2DModel:
 
 def build_noise_scheduler() -> DDPMScheduler:
     """The DDPM training schedule used throughout (Ho et al., 2020): 1,000 steps, linear betas 1e-4..0.02."""
+    from diffusers import DDPMScheduler
+
     return DDPMScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS, beta_schedule="linear")
 
 
@@ -74,6 +82,8 @@ def load_pretrained(name_or_path: str, image_size: int, channels: int) -> tuple[
     Accepts a directory written by ``UNet2DModel.save_pretrained``, a pipeline directory (``DDPMPipeline.
     save_pretrained``: ``unet/`` and ``scheduler/`` sub-folders), or a hub id when the machine can download.
     """
+    from diffusers import DDPMScheduler, UNet2DModel
+
     path = Path(name_or_path).expanduser()
     if not path.exists() and (name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1):
         raise ConfigError(f"pretrained model directory {path} does not exist; give a folder written by "
