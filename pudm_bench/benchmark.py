@@ -35,8 +35,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from pudm_bench.budgets import BUDGETS, budget_for
-from pudm_bench.config import SampleConfig, TrainConfig
+from pudm_bench.budgets import BUDGETS, budget_for, budget_train_values
+from pudm_bench.config import TrainConfig
 from pudm_bench.data.splits import SplitSpec, build_split, get_split
 from pudm_bench.errors import ConfigError, PudmError, check_keys, read_yaml, unknown_name
 
@@ -227,13 +227,8 @@ def plan(settings: BenchmarkSettings, suite: Suite) -> Plan:
                     if seed == 0:
                         skipped.append((split.name, method.label, "the split has no labeled normal data"))
                     continue
-                values = dict(
-                    split=split.name, seed=seed, steps=budget.steps, batch_size=budget.batch_size, lr=budget.lr,
-                    warmup_steps=budget.warmup_steps, log_every=budget.log_every,
-                    checkpoint_every=budget.checkpoint_every, model_preset=budget.model_preset,
-                    data_dir=settings.data_dir, download=settings.download, splits_dirs=settings.splits_dirs,
-                    pretrained=pretrained,
-                    sample=SampleConfig(num_images=16, steps=budget.sample_steps, sampler=budget.sampler))
+                values = dict(budget_train_values(budget), split=split.name, seed=seed, data_dir=settings.data_dir,
+                              download=settings.download, splits_dirs=settings.splits_dirs, pretrained=pretrained)
                 values.update(suite.train)
                 values.update(method=method.method, **method.params)
                 try:

@@ -67,3 +67,13 @@ def budget_for(name: str, split: SplitSpec) -> Budget:
     # --sample-steps 1000 reproduces that at 10x the cost).
     return Budget(name, steps=steps, batch_size=batch, lr=1e-4, warmup_steps=500, log_every=100,
                   checkpoint_every=max(500, steps // 20), num_samples=5000, sampler="ddim", sample_steps=100)
+
+
+def budget_train_values(budget: Budget) -> dict:
+    """The TrainConfig fields a budget sets (the sweep's and the benchmark's trials start from these)."""
+    from pudm_bench.config import SampleConfig
+
+    return dict(steps=budget.steps, batch_size=budget.batch_size, lr=budget.lr, warmup_steps=budget.warmup_steps,
+                log_every=budget.log_every, checkpoint_every=budget.checkpoint_every,
+                model_preset=budget.model_preset,
+                sample=SampleConfig(num_images=16, steps=budget.sample_steps, sampler=budget.sampler))

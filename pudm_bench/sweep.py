@@ -40,8 +40,8 @@ from ray import tune
 from ray.tune.search import Searcher
 
 from pudm_bench import __version__
-from pudm_bench.budgets import BUDGETS, Budget, budget_for
-from pudm_bench.config import SampleConfig, TrainConfig
+from pudm_bench.budgets import BUDGETS, Budget, budget_for, budget_train_values
+from pudm_bench.config import TrainConfig
 from pudm_bench.data.splits import QUALITY_METRICS, SplitSpec, build_split, get_split, load_registry
 from pudm_bench.errors import ConfigError, NonFiniteLossError, PudmError
 from pudm_bench.evaluate import EvalConfig
@@ -107,11 +107,8 @@ def trial_train_config(settings: SweepSettings, split: SplitSpec, space: SearchS
     """The TrainConfig of one trial: budget defaults, then the search space's fixed values, then the trial's."""
     method = params.get("method") or space.method
     values: dict[str, Any] = dict(
-        split=split.name, method=method, seed=settings.seed, steps=budget.steps, batch_size=budget.batch_size,
-        lr=budget.lr, warmup_steps=budget.warmup_steps, log_every=budget.log_every,
-        checkpoint_every=budget.checkpoint_every, model_preset=budget.model_preset, data_dir=settings.data_dir,
+        budget_train_values(budget), split=split.name, method=method, seed=settings.seed, data_dir=settings.data_dir,
         download=settings.download, splits_dirs=settings.splits_dirs, pretrained=settings.pretrained,
-        sample=SampleConfig(num_images=16, steps=budget.sample_steps, sampler=budget.sampler),
     )
     if method in BASELINE_METHODS:
         values.update({k: v for k, v in params.items() if k not in ("method", "beta", "correction", "eta") and v is not None})
