@@ -38,7 +38,7 @@ from typing import Any, Iterable, Sequence
 from pudm_bench.budgets import BUDGETS, budget_for, budget_train_values
 from pudm_bench.config import TrainConfig
 from pudm_bench.data.splits import SplitSpec, build_split, get_split
-from pudm_bench.errors import ConfigError, PudmError, check_keys, read_yaml, unknown_name
+from pudm_bench.errors import ArgumentParser, ConfigError, PudmError, check_keys, read_yaml, unknown_name
 
 BUILTIN_SUITES_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "suites"
 SUITE_KEYS = ("name", "description", "splits", "seeds", "budget", "methods", "train", "pretrained")
@@ -94,7 +94,9 @@ def parse_suite(data: Any, source: str = "<memory>") -> Suite:
     for label, spec in methods_raw.items():
         if not isinstance(spec, dict):
             raise ConfigError(f"{where}: methods.{label} must be a mapping such as {{method: pu, beta: 0.15}}")
-        check_keys(spec, METHOD_KEYS, f"{where}: methods.{label}", required=("method",))
+        # A method may also set training fields (e.g. its own lr): they override the suite's train: for its runs.
+        train_fields = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in RUNNER_OWNED]
+        check_keys(spec, METHOD_KEYS + tuple(train_fields), f"{where}: methods.{label}", required=("method",))
         params = {k: v for k, v in spec.items() if k != "method"}
         try:  # the method's own checks (known method, prior in (0, 1), eta only for pnu) at load time
             TrainConfig(method=spec["method"], **params)
@@ -425,7 +427,8 @@ def run_benchmark(settings: BenchmarkSettings, resume: bool = False, ray_address
         params={k: v for k, v in asdict(settings).items() if k != "mlflow_uri"},
         resume_run_id=previous.get("parent_run_id"))
     run_dir.mkdir(parents=True, exist_ok=True)
-    state_file.write_text(json.dumps({**asdict(settings), "parent_run_id": parent_id}, indent=2))
+    state_file.write_text(json.dumps({**asdict(settings), "mlflow_uri": tracking.redact(settings.mlflow_uri),
+                                      "parent_run_id": parent_id}, indent=2))
 
     start = time.perf_counter()
     outcomes = sweep.run_cells(
@@ -459,7 +462,7 @@ def run_benchmark(settings: BenchmarkSettings, resume: bool = False, ray_address
 def build_parser() -> argparse.ArgumentParser:
     from pudm_bench.sweep import add_execution_arguments
 
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m pudm_bench.benchmark",
         description="Train every method of a suite on every split of it, K seeds each (Ray Tune trials with Ray "
                     "Train workers), and write the paper-style table (mean ± std over seeds) as Markdown and CSV, "
@@ -496,7 +499,7 @@ def _pretrained_pairs(values: Sequence[str]) -> tuple[tuple[str, str], ...]:
 
 def settings_from_args(args: argparse.Namespace, suite: Suite) -> BenchmarkSettings:
     from pudm_bench import sweep
-    from pudm_bench.tracking import resolve_tracking_uri
+    from pudm_bench.tracking import check_experiment_name, resolve_tracking_uri
 
     sweep.check_execution_arguments(args)
     seeds = args.seeds if args.seeds is not None else suite.seeds
@@ -510,7 +513,7 @@ def settings_from_args(args: argparse.Namespace, suite: Suite) -> BenchmarkSetti
         pretrained=_pretrained_pairs(args.pretrained), max_concurrent=args.max_concurrent,
         workers_per_trial=args.workers_per_trial, cpus_per_worker=sweep._cpus_per_worker(args),
         gpus_per_worker=sweep._gpus_per_worker(args), mlflow_uri=resolve_tracking_uri(args.mlflow_uri),
-        experiment=args.experiment or f"pudm-benchmark-{suite.name}", storage=sweep._storage_path(args.storage),
+        experiment=check_experiment_name(args.experiment or f"pudm-benchmark-{suite.name}"), storage=sweep._storage_path(args.storage),
         name=sweep._safe_name(name), data_dir=str(Path(args.data_dir).resolve()) if args.data_dir else None,
         download=args.download, max_failures=args.max_failures, referee_floor=args.referee_floor,
         referee_epochs=args.referee_epochs)

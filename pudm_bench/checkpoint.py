@@ -105,9 +105,30 @@ def save_checkpoint(
 
 def read_checkpoint_state(path: Path) -> dict[str, Any]:
     try:
-        return json.loads((Path(path) / "state.json").read_text())
+        state = json.loads((Path(path) / "state.json").read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ConfigError(_corrupt(path, exc)) from None
+    missing = [key for key in ("step", "config") if not isinstance(state, dict) or key not in state]
+    if missing:  # e.g. a state.json cut short by a crash, or written by something else
+        raise ConfigError(_corrupt(path, KeyError(missing[0])))
+    return state
+
+
+def verify_checkpoint(path: Path) -> dict[str, Any]:
+    """Check, without loading any tensor, that a checkpoint is complete: its state.json and the header of each
+    safetensors file it needs. Returns the state; a missing or damaged file is a ConfigError naming the fix."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    state = read_checkpoint_state(path)
+    needed = ["model", "optimizer", "rng"] + (["ema"] if state.get("ema_step") is not None else [])
+    for name in needed:
+        try:
+            with safe_open(str(path / f"{name}.safetensors"), framework="pt") as f:
+                f.keys()
+        except (OSError, SafetensorError) as exc:
+            raise ConfigError(_corrupt(path, exc)) from None
+    return state
 
 
 def _corrupt(path: Path, exc: Exception) -> str:

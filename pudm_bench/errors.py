@@ -6,9 +6,23 @@ the CLIs print ``error: <message>`` and exit with status 2 instead of a tracebac
 
 from __future__ import annotations
 
+import argparse
 import difflib
 from pathlib import Path
 from typing import Any, Iterable
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with the suite's error format: a bad flag (unknown choice, not a number) is one line,
+    ``error: <what argparse says>; see <prog> --help``, exit status 2, without the usage block first."""
+
+    def error(self, message: str):  # type: ignore[override]
+        import re
+
+        choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if choice:  # Python 3.11's argparse lists the choices but does not suggest one
+            message += did_you_mean(choice.group(1), [c.strip(" '") for c in choice.group(2).split(",")])
+        self.exit(2, f"error: {message}; see {self.prog} --help\n")
 
 
 class PudmError(Exception):

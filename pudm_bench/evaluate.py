@@ -26,7 +26,7 @@ import torch
 
 from pudm_bench.config import SAMPLERS, TrainConfig
 from pudm_bench.data.splits import QUALITY_METRICS, BuiltSplit, build_split, get_split
-from pudm_bench.errors import ConfigError, DataNotFoundError, PudmError
+from pudm_bench.errors import ArgumentParser, ConfigError, DataNotFoundError, PudmError
 
 if TYPE_CHECKING:
     from pudm_bench.referee import Referee
@@ -195,7 +195,7 @@ def evaluate_run(run_dir: str | Path, config: EvalConfig, device: str | None = N
 
 def build_parser() -> argparse.ArgumentParser:
     d = EvalConfig()
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m pudm_bench.evaluate",
         description="Score a trained run: non-sensitive rate (95% Wilson interval), fd_classifier and Inception "
                     "FID; writes RUN/eval.json and a grid of the scored samples, RUN/eval_samples.png.",

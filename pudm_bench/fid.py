@@ -47,7 +47,7 @@ from torch.nn.functional import adaptive_avg_pool2d
 from torch.nn.modules.utils import _pair
 from torchvision.models.inception import BasicConv2d
 
-from pudm_bench.errors import ConfigError, DataNotFoundError, PudmError
+from pudm_bench.errors import ArgumentParser, ConfigError, DataNotFoundError, PudmError
 
 WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"  # the name pytorch-fid's download gets
 PYTORCH_FID_PROVENANCE = "pytorch-fid pt_inception-2015-12-05"
@@ -476,7 +476,7 @@ def convert_fid_helper_weights(source: str | Path | None = None, out: str | Path
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m pudm_bench.fid",
+    p = ArgumentParser(prog="python -m pudm_bench.fid",
                                 description="Inception weights for FID: where they are found, and offline conversion.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     commands = p.add_subparsers(dest="command", required=True)

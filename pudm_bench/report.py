@@ -21,7 +21,7 @@ from typing import Sequence
 
 import pandas as pd
 
-from pudm_bench.errors import ConfigError, PudmError, unknown_name
+from pudm_bench.errors import ArgumentParser, ConfigError, PudmError, unknown_name
 from pudm_bench.pareto import QUALITY, RATE, default_reference, hypervolume_2d, pareto_front
 from pudm_bench.tracking import list_sweeps, load_sweep, redact, resolve_tracking_uri
 
@@ -149,7 +149,7 @@ def report_list(uri: str, experiment: str | None) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m pudm_bench.report",
+    p = ArgumentParser(prog="python -m pudm_bench.report",
                                 description="A sweep's Pareto front and baselines, read back from MLflow.")
     p.add_argument("--mlflow-uri", default=None,
                    help="tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)")

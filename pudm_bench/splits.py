@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 from pudm_bench.data.splits import build_split, load_registry, load_split_file
-from pudm_bench.errors import ConfigError, DataNotFoundError, PudmError
+from pudm_bench.errors import ArgumentParser, ConfigError, DataNotFoundError, PudmError
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -57,7 +57,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m pudm_bench.splits", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python -m pudm_bench.splits", description=__doc__.split("\n")[0])
     p.add_argument("--splits-dir", action="append", default=[], metavar="DIR", help="extra folder of split YAMLs")
     sub = p.add_subparsers(dest="command", required=True)
     listing = sub.add_parser("list", help="list registered splits")

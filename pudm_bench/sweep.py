@@ -43,7 +43,7 @@ from pudm_bench import __version__
 from pudm_bench.budgets import BUDGETS, Budget, budget_for, budget_train_values
 from pudm_bench.config import TrainConfig
 from pudm_bench.data.splits import QUALITY_METRICS, SplitSpec, build_split, get_split, load_registry
-from pudm_bench.errors import ConfigError, NonFiniteLossError, PudmError
+from pudm_bench.errors import ArgumentParser, ConfigError, PudmError
 from pudm_bench.evaluate import EvalConfig
 from pudm_bench.search_space import DEFAULT_SEARCH_SPACE, SearchSpace, load_search_space
 
@@ -190,11 +190,11 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     prepare = ray.train.torch.prepare_model if context.get_world_size() > 1 else None
     try:
         result = train(config, split, run_dir, callbacks=[Reporter()], prepare_model=prepare)
-    except NonFiniteLossError as exc:
-        # Not an infrastructure failure: retrying the same config would diverge again. Report it as the trial's
-        # final result (NaN objectives make Optuna record the trial as failed) instead of raising.
-        ray.train.report({OBJECTIVE_RATE: math.nan, "quality": math.nan, "phase": "final",
-                          "failed": f"NonFiniteLossError: {exc}"})
+    except PudmError as exc:
+        # Not an infrastructure failure (a non-finite loss, bad data or config): retrying the same config would
+        # fail the same way. Report it as the trial's final result (NaN objectives make Optuna record the trial as
+        # failed) instead of raising, which Ray Train would retry.
+        ray.train.report(failed_result(f"{type(exc).__name__}: {exc}"))
         return
     final: dict[str, Any] = {"phase": "final"}
     final_dir = run_dir / "final"
@@ -220,6 +220,21 @@ def train_worker(loop_config: dict[str, Any]) -> None:
 
 # ----------------------------------------------------------------------------------------------------------------
 # Tune trials
+
+
+def failed_result(reason: str) -> dict[str, Any]:
+    """The final report of a trial that failed: NaN objectives and the reason (logged to MLflow and the summary)."""
+    return {OBJECTIVE_RATE: math.nan, "quality": math.nan, "phase": "final", "failed": reason}
+
+
+def _failure_reason(error: BaseException) -> str:
+    """One line for a failed Ray Train run: the workers' own exception ("RuntimeError: ...") when there is one."""
+    failures = getattr(error, "worker_failures", None) or {}
+    inner = next(iter(failures.values()), None) or getattr(error, "controller_failure", None) or error
+    lines = [line.strip() for line in str(inner).splitlines() if line.strip()]
+    # Ray's wrapped exceptions carry the traceback first and "Type: message" last.
+    last = lines[-1] if lines else type(inner).__name__
+    return last if ":" in last else f"{type(inner).__name__}: {last}"
 
 
 def fit_trial(config: TrainConfig, evaluation: EvalConfig, trial_id: str, storage_dir: Path, workers: int,
@@ -250,7 +265,14 @@ def fit_trial(config: TrainConfig, evaluation: EvalConfig, trial_id: str, storag
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),  # not one line per report
         ),
     )
-    trainer.fit()
+    try:
+        trainer.fit()
+    except ray.train.TrainingFailedError as exc:
+        # The workers failed max_failures + 1 times (each retry restarted from the last checkpoint): the trial is
+        # recorded as failed with the workers' reason, and the sweep goes on. Tune itself retries a trial only when
+        # this process dies (a lost node), so a failing config is not retried twice over.
+        tune.report(failed_result(f"{_failure_reason(exc)} (after {max_failures + 1} attempt"
+                                  f"{'s' if max_failures else ''})"))
 
 
 def run_trial(params: dict[str, Any], settings: SweepSettings) -> None:
@@ -292,14 +314,24 @@ class BaselinesFirst(Searcher):
         if trial_id not in self.baseline_trials:
             self.inner.on_trial_complete(trial_id, result=result, error=error)
 
+    # One file holds both states: Tune syncs and restores the searcher's checkpoint file by its own name only, so a
+    # companion file (Optuna's state beside ours) was missing after a driver crash and the resume started over.
     def save(self, checkpoint_path: str) -> None:
-        self.inner.save(checkpoint_path + ".optuna")
-        Path(checkpoint_path).write_text(json.dumps({"pending": self.pending,
+        import base64
+
+        with tempfile.TemporaryDirectory() as tmp:
+            self.inner.save(str(Path(tmp) / "optuna.pkl"))
+            inner = base64.b64encode((Path(tmp) / "optuna.pkl").read_bytes()).decode()
+        Path(checkpoint_path).write_text(json.dumps({"pending": self.pending, "optuna": inner,
                                                      "baseline_trials": sorted(self.baseline_trials)}))
 
     def restore(self, checkpoint_path: str) -> None:
-        self.inner.restore(checkpoint_path + ".optuna")
+        import base64
+
         state = json.loads(Path(checkpoint_path).read_text())
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "optuna.pkl").write_bytes(base64.b64decode(state["optuna"]))
+            self.inner.restore(str(Path(tmp) / "optuna.pkl"))
         self.pending, self.baseline_trials = state["pending"], set(state["baseline_trials"])
 
 
@@ -458,18 +490,31 @@ def _prepare(settings: SweepSettings) -> tuple[SplitSpec, SearchSpace, Budget, s
     return split, space, budget, fingerprint
 
 
+# Ray Train's controller takes each worker's reports, and sees that the workers finished, only when it polls them:
+# every 2 s by default, so every trial ended ~4 s after its last report (two polls: the final result, then "done").
+# Polling every 0.5 s costs the controller one small RPC per poll. Measured in docs/performance.md.
+TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
+
+
 def start_ray(ray_address: str | None, num_cpus: int | None, verbose: int) -> bool:
     """Join ``ray_address`` ('auto': a running cluster) or start a local cluster; True when it has a GPU."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # Intermediate reports carry training curves only; the objectives come with the final evaluation report.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    # Tune snapshots its experiment state (trials, searcher) every 10 s or more by default; a trial started after
+    # the last snapshot is unknown to a resumed sweep, which then runs its config again under a new trial id. Every
+    # 2 s narrows that window at the cost of writing a few kB more often.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+    for name, value in TRAIN_ENV.items():  # a local cluster's processes inherit these; a joined one gets them below
+        os.environ.setdefault(name, value)
     if not ray.is_initialized():
         if ray_address is None:
             os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local cluster of our own: no token prompts
         local = ray_address is None
         # The dashboard stays on (bound to 127.0.0.1): Ray Train's placement-group cleaner asks its state API
         # whether a stopped trial's controller is gone; without it, early-stopped trials keep their CPUs.
-        local_options = {"num_cpus": num_cpus, "dashboard_host": "127.0.0.1"} if local else {}
+        local_options = ({"num_cpus": num_cpus, "dashboard_host": "127.0.0.1"} if local
+                         else {"runtime_env": {"env_vars": {name: os.environ[name] for name in TRAIN_ENV}}})
         ray.init(address=ray_address, log_to_driver=verbose > 0, **local_options)
     return ray.cluster_resources().get("GPU", 0) >= 1
 
@@ -507,10 +552,12 @@ def run_sweep(settings: SweepSettings, resume: bool, ray_address: str | None, nu
         resume_run_id=previous.get("parent_run_id"),
     )
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    sweep_json.write_text(json.dumps({**asdict(settings), "parent_run_id": parent_id,
+    # The tracking URI is written redacted: --resume takes it from the command line, never from this file.
+    redacted = replace(settings, mlflow_uri=redact(settings.mlflow_uri))  # trials never log to MLflow themselves
+    sweep_json.write_text(json.dumps({**asdict(redacted), "parent_run_id": parent_id,
                                       "referee_balanced_accuracy": referee.balanced_accuracy}, indent=2))
 
-    trainable = tune.with_resources(tune.with_parameters(run_trial, settings=settings), {"cpu": TRIAL_DRIVER_CPU})
+    trainable = tune.with_resources(tune.with_parameters(run_trial, settings=redacted), {"cpu": TRIAL_DRIVER_CPU})
     tune_path = sweep_dir / "tune"
     start = time.perf_counter()
     if resume and tune.Tuner.can_restore(str(tune_path)):
@@ -525,11 +572,14 @@ def run_sweep(settings: SweepSettings, resume: bool, ray_address: str | None, nu
                 search_alg=make_searcher(settings, space, budget),
                 num_samples=settings.trials + (len(BASELINE_METHODS) if settings.baselines else 0),
                 max_concurrent_trials=settings.max_concurrent,
+                reuse_actors=True,  # a new trial reuses a finished one's process: ~4 s less start-up each
             ),
             run_config=tune.RunConfig(name="tune", storage_path=str(sweep_dir), verbose=verbose,
                                       callbacks=[TrackingCallback(settings.mlflow_uri, settings.experiment, settings.name,
                                                                  parent_id, space.method, fixed=space.fixed)],
-                                      failure_config=tune.FailureConfig(max_failures=0)),
+                                      # A trial whose own process died (a lost node) runs again and resumes from
+                                      # its last Train checkpoint.
+                                      failure_config=tune.FailureConfig(max_failures=settings.max_failures)),
         )
     grid = tuner.fit()
     wall = time.perf_counter() - start
@@ -581,11 +631,11 @@ def run_cells(cells: dict[str, dict[str, Any]], run_dir: Path, *, mlflow_uri: st
     else:
         tuner = tune.Tuner(
             trainable, param_space=param_space,
-            tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent),
+            tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, reuse_actors=True),
             run_config=tune.RunConfig(name="tune", storage_path=str(run_dir), verbose=verbose,
                                       callbacks=[TrackingCallback(mlflow_uri, experiment, run_name, parent_run_id,
                                                                   cells=cells, kind="benchmark")],
-                                      failure_config=tune.FailureConfig(max_failures=0)))
+                                      failure_config=tune.FailureConfig(max_failures=max_failures)))
     grid = tuner.fit()
     out = []
     for trial in grid._experiment_analysis.trials:
@@ -606,7 +656,8 @@ def _check_resume(settings: SweepSettings, sweep_json: Path, resume: bool) -> No
         changed = [k for k in current if k not in SweepSettings.RESUMABLE and saved.get(k) != current[k]
                    and not (isinstance(current[k], tuple) and list(current[k]) == saved.get(k))]
         if changed:
-            diffs = "; ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed)
+            label = {"search_space_fingerprint": "search space content"}
+            diffs = "; ".join(f"{label.get(k, k)}: {saved.get(k)!r} -> {current[k]!r}" for k in changed)
             raise ConfigError(f"--resume: sweep {settings.name!r} was started with different settings ({diffs}); "
                               "resume with the original ones, or start a new sweep with another --name")
     elif sweep_json.is_file():
@@ -619,7 +670,7 @@ def _check_resume(settings: SweepSettings, sweep_json: Path, resume: bool) -> No
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m pudm_bench.sweep",
         description="Multi-objective hyperparameter search over PU-DM (Ray Tune + Optuna, Ray Train workers, "
                     "MLflow tracking). Without --dataset/--split: the embedded digits benchmark (minutes on a CPU).",
@@ -685,7 +736,7 @@ def _positive(name: str, value: float, minimum: float = 1) -> None:
 
 
 def settings_from_args(args: argparse.Namespace) -> SweepSettings:
-    from pudm_bench.tracking import resolve_tracking_uri
+    from pudm_bench.tracking import check_experiment_name, resolve_tracking_uri
 
     registry = load_registry(args.splits_dir)
     split_name = args.split or DEFAULT_SPLIT_FOR_DATASET[args.dataset or "digits"]
@@ -705,7 +756,8 @@ def settings_from_args(args: argparse.Namespace) -> SweepSettings:
         quality=quality, trials=args.trials, max_concurrent=args.max_concurrent,
         workers_per_trial=args.workers_per_trial, cpus_per_worker=cpus, gpus_per_worker=gpus,
         budget=args.budget, seed=args.seed, sampler=args.sampler, baselines=args.baselines,
-        mlflow_uri=resolve_tracking_uri(args.mlflow_uri), experiment=args.experiment or f"pudm-{split.name}",
+        mlflow_uri=resolve_tracking_uri(args.mlflow_uri),
+        experiment=check_experiment_name(args.experiment or f"pudm-{split.name}"),
         storage=_storage_path(args.storage),
         name=_safe_name(name), data_dir=str(Path(args.data_dir).resolve()) if args.data_dir else None,
         download=args.download, max_failures=args.max_failures, referee_floor=args.referee_floor,

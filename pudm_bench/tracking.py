@@ -64,6 +64,15 @@ _SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 # URIs
 
 
+def check_experiment_name(name: str, flag: str = "--experiment") -> str:
+    """An MLflow experiment name that is safe as a folder name: with a SQLite store its artifacts go to
+    ``<store>/mlruns/<name>``, so ``../`` or a path separator would put them outside the store."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9 _.\-]{0,127}", name) or ".." in name:
+        raise ConfigError(f"{flag}={name!r} is invalid: use letters, digits, spaces, '_', '-' or '.', no path "
+                          "separators and no '..'")
+    return name
+
+
 def redact(uri: str | None) -> str:
     """``uri`` with passwords hidden: ``http://user:secret@host`` -> ``http://user:***@host``; query parameters
     that look like secrets (password, token, secret, key) get ``***`` too. Use it for every URI printed or logged."""
@@ -270,7 +279,7 @@ class SweepTracker:
         artifact_location = None
         if urlsplit(self.uri).scheme == "sqlite":
             # MLflow's default is ./mlruns under the *current* folder; keep artifacts beside the database instead.
-            artifact_location = str(_sqlite_path(self.uri).parent / "mlruns" / self.experiment_name)
+            artifact_location = str(_sqlite_path(self.uri).parent / "mlruns" / check_experiment_name(self.experiment_name))
         return self.client.create_experiment(self.experiment_name, artifact_location=artifact_location,
                                              tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
 

@@ -29,10 +29,11 @@ from diffusers.optimization import get_cosine_schedule_with_warmup
 from diffusers.training_utils import EMAModel
 
 from pudm_bench import __version__
-from pudm_bench.checkpoint import latest_checkpoint, load_checkpoint, read_checkpoint_state, save_checkpoint
+from pudm_bench.checkpoint import (latest_checkpoint, load_checkpoint, read_checkpoint_state, save_checkpoint,
+                                   verify_checkpoint)
 from pudm_bench.config import SampleConfig, TrainConfig
 from pudm_bench.data.splits import BuiltSplit, build_split, get_split
-from pudm_bench.errors import ConfigError, NonFiniteLossError, PudmError
+from pudm_bench.errors import ArgumentParser, ConfigError, NonFiniteLossError, PudmError
 from pudm_bench.losses import LABELED_NORMAL, LABELED_SENSITIVE, UNLABELED, denoising_error, training_risk
 from pudm_bench.models import build_model, build_noise_scheduler, load_pretrained
 from pudm_bench.sampling import sample_images, save_grid, to_model_range
@@ -331,11 +332,11 @@ def run(config: TrainConfig, run_dir: Path, resume: bool = True, progress: bool 
     """Build the split, train, save the pipeline, sample a grid; returns (and writes) ``metrics.json``."""
     spec = get_split(config.split, config.splits_dirs)
     split = build_split(spec, seed=config.split_seed, data_dir=config.data_dir, download=config.download)
+    start = latest_checkpoint(run_dir) if resume and run_dir.is_dir() else None
+    start_step = int(verify_checkpoint(start)["step"]) if start is not None else 0  # a corrupt one: fail, write nothing
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved = {"config": config.to_dict(), "split": split.summary(), "environment": environment_info()}
     (run_dir / "config.json").write_text(json.dumps(resolved, indent=2))
-    start = latest_checkpoint(run_dir) if resume else None
-    start_step = int(read_checkpoint_state(start)["step"]) if start is not None else 0
     callbacks: list[Callback] = [JsonlLog(run_dir / "train_log.jsonl")]
     bar = ProgressBar(config.steps, start_step) if progress else None
     if bar is not None:
@@ -371,7 +372,7 @@ def run(config: TrainConfig, run_dir: Path, resume: bool = True, progress: bool 
 def build_parser() -> argparse.ArgumentParser:
     d = TrainConfig()
     s = SampleConfig()
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m pudm_bench.train",
         description="Train one PU-DM model (or a baseline) on a sensitive split, sample from it, save a checkpoint, "
                     "a diffusers pipeline, a PNG grid and metrics.json.",

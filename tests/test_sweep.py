@@ -76,6 +76,29 @@ def test_seeded_sampler_proposes_the_same_configs(tmp_path):
     assert proposals[0] == proposals[1]
 
 
+def test_searcher_state_survives_tunes_save_and_restore(tmp_path):
+    """Through Tune's own save_to_dir / restore_from_dir (what a resumed sweep uses): the restored searcher knows
+    which baselines it handed out and continues Optuna's sequence exactly."""
+    s = settings(tmp_path, "--budget", "smoke")
+    space = load_search_space(s.search_space)
+
+    def fresh():
+        searcher = make_searcher(s, space, budget_for("smoke", get_split(s.split)))
+        searcher.set_search_properties(None, None, sweep._tune_param_space(space))
+        return searcher
+
+    original = fresh()
+    handed_out = [original.suggest(f"t{i}") for i in range(3)]  # both baselines, then one Optuna proposal
+    original.on_trial_complete("t2", {"non_sensitive_rate": 0.9, "quality": 2.0})
+    (tmp_path / "state").mkdir()
+    original.save_to_dir(str(tmp_path / "state"), session_str="s1")
+    restored = fresh()
+    restored.restore_from_dir(str(tmp_path / "state"))
+    assert restored.pending == [] and restored.baseline_trials == {"t0", "t1"}
+    assert [restored.suggest(f"t{i}") for i in range(3, 6)] == [original.suggest(f"t{i}") for i in range(3, 6)]
+    assert "method" not in handed_out[2]
+
+
 def test_dry_run_prints_resources_and_locations(tmp_path, capsys):
     assert main(["--dry-run", "--storage", str(tmp_path / "store"), "--workers-per-trial", "2"]) == 0
     out = json.loads(capsys.readouterr().out)

@@ -7,7 +7,9 @@ and its MLflow child run's start and end back from the store:
 - ideal wall = sum over trials of (train + eval) / max concurrent trials (perfect packing, zero overhead);
 - overhead share = 1 - ideal / measured wall (the command's, from start to exit: Python start-up, Ray start-up,
   referee, trial launch, checkpoints, MLflow I/O);
-- per trial: child-run duration - train - eval (Ray Train controller and worker start-up, reporting, checkpoints).
+- per trial: child-run duration - train - eval (Ray Train controller and worker start-up, reporting, checkpoints);
+- slot time per trial: parent-run wall x max concurrent / trials, and the same minus train + eval (what a trial
+  costs beyond its compute, including the gap before the next trial starts).
 
     python benchmarks/perf/sweep_overhead.py [-- extra sweep args, e.g. --trials 6 --baselines]
     python benchmarks/perf/sweep_overhead.py --mlflow-uri sqlite:///$PWD/mlflow.db --sweep NAME --wall SECONDS
@@ -53,6 +55,10 @@ def analyse(uri: str, sweep: str, wall: float, max_concurrent: int) -> dict:
             "parent_run_wall_s": parent_wall, "sum_train_eval_s": compute, "ideal_wall_s": ideal,
             "overhead_share": 1 - ideal / wall if wall else None,
             "median_trial_overhead_s": statistics.median(t["trial_overhead_s"] for t in trials) if trials else None,
+            # Slot time per trial: how long each of the max_concurrent slots was held per trial it ran, from the
+            # parent run's start (Ray up) to its end; minus mean train+eval, what a trial costs beyond its compute.
+            "slot_s_per_trial": parent_wall * max_concurrent / len(trials) if trials else None,
+            "slot_overhead_s_per_trial": (parent_wall * max_concurrent - compute) / len(trials) if trials else None,
             "before_first_trial_s": wall - parent_wall if wall else None}
 
 

@@ -1,0 +1,331 @@
+"""Faults injected into real sweeps, and what survives them (docs/reliability.md lists each with its test).
+
+- the sweep driver SIGKILLed mid-sweep, then the same command with --resume;
+- a trial whose workers raise (retried per --max-failures), one whose loss diverges (not retried), and a Train
+  worker process killed mid-training (restarted from its last checkpoint), in one benchmark-runner sweep;
+- a node lost (``ray.cluster_utils.Cluster``: three raylets on this machine) while it runs a trial's worker;
+- determinism: the same seeds give the same split and, on CPU, the same trial metrics.
+
+The end-to-end tests run the CLIs in subprocesses (never Ray inside pytest) and read results back from MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from pudm_bench.config import SampleConfig, TrainConfig
+from pudm_bench.data.splits import build_split, get_split
+from pudm_bench.evaluate import EvalConfig, evaluate_model
+from pudm_bench.train import Callback, train
+
+ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def popen(module: str, args: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
+    out = log.open("w")
+    return subprocess.Popen([sys.executable, "-m", module, *args], stdout=out, stderr=subprocess.STDOUT,
+                            env={**os.environ, **ENV, **(env or {})}, start_new_session=True)
+
+
+def finish(proc: subprocess.Popen, log: Path, timeout: float) -> str:
+    try:
+        proc.wait(timeout=timeout)
+    finally:
+        kill_group(proc)
+    text = log.read_text()
+    assert proc.returncode == 0, text[-4000:]
+    return text
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """Whatever the command left running in its session (its Ray processes)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def wait_for(condition, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"the command ended (status {proc.returncode}) before {what}:\n{log.read_text()[-4000:]}")
+        time.sleep(0.2)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def children(uri: str, experiment: str):
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return client, [], []
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    return (client, [r for r in runs if "mlflow.parentRunId" not in r.data.tags],
+            [r for r in runs if "mlflow.parentRunId" in r.data.tags])
+
+
+def train_workers() -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if any("RayTrainWorker" in part for part in proc.info["cmdline"] or []):
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+# ------------------------------------------------------------------------------------------- driver killed
+
+
+@pytest.mark.slow
+def test_driver_killed_mid_sweep_resumes_without_losing_or_duplicating(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = ["--budget", "smoke", "--trials", "3", "--no-baselines", "--max-concurrent", "1", "--name", "crash",
+            "--storage", str(tmp_path / "store"), "--mlflow-uri", uri, "--quiet"]
+    log = tmp_path / "first.log"
+    proc = popen("pudm_bench.sweep", args, log)
+
+    def finished():
+        return [c for c in children(uri, "pudm-digits_even")[2] if c.info.status == "FINISHED"]
+
+    done_before = wait_for(finished, 600, "a trial to finish", proc, log)
+    os.kill(proc.pid, signal.SIGKILL)  # the driver only: its Ray processes are left to notice on their own
+    proc.wait()
+    time.sleep(2)
+    kill_group(proc)  # then whatever of its session is left, as after a machine's crash
+    kept = {c.data.tags["pudm.trial_id"]: c.data.metrics for c in done_before}
+
+    text = finish(popen("pudm_bench.sweep", args + ["--resume"], tmp_path / "resume.log"), tmp_path / "resume.log", 900)
+    client, parents, runs = children(uri, "pudm-digits_even")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED", text[-3000:]
+    ids = [c.data.tags["pudm.trial_id"] for c in runs]
+    assert len(ids) == len(set(ids))  # one child run per trial id: none duplicated by the resume
+    # The sweep completed the 3 trials it was asked for; a trial interrupted by the kill and unknown to Tune's
+    # last snapshot ran again under a new id, and its own run ended KILLED: none is left RUNNING.
+    finished = {c.data.tags["pudm.trial_id"]: c for c in runs if c.info.status == "FINISHED"}
+    assert len(finished) == 3
+    assert all(c.info.status in ("FAILED", "KILLED") for c in runs if c.data.tags["pudm.trial_id"] not in finished)
+    for trial_id, metrics in kept.items():  # every trial that had finished kept its result
+        for name in ("non_sensitive_rate", "fd_classifier"):
+            assert math.isclose(finished[trial_id].data.metrics[name], metrics[name], rel_tol=1e-9)
+    # The front and the table were recomputed over all three trials.
+    table = client.download_artifacts(parents[0].info.run_id, "all_trials.csv", str(tmp_path))
+    assert sorted(line.split(",")[0] for line in Path(table).read_text().splitlines()[1:]) == sorted(finished)
+
+
+# ------------------------------------------------------------------------ failing trials, killed worker
+
+FLAKY_PLUGIN = '''
+"""The digits, except that a Ray Train worker that finds a fault file in $FLAKY_FAULTS consumes it and raises."""
+import dataclasses
+import os
+from pathlib import Path
+
+from pudm_bench.data.datasets import DIGITS
+
+
+def _in_train_worker():
+    try:
+        import ray.train
+        ray.train.get_context().get_world_rank()
+        return True
+    except Exception:
+        return False
+
+
+def load(root, download, options):
+    faults = os.environ.get("FLAKY_FAULTS")
+    if faults and _in_train_worker():
+        for fault in sorted(Path(faults).glob("raise-*")):
+            try:
+                fault.rename(fault.with_name("used-" + fault.name))  # atomic: each fault is consumed once
+            except FileNotFoundError:
+                continue
+            raise RuntimeError(f"injected fault {fault.name}")
+    return DIGITS.load(root, download, options)
+
+
+ADAPTER = dataclasses.replace(DIGITS, name="flaky_digits", load=load)
+'''
+
+FAULT_SUITE = {
+    "name": "faults",
+    "splits": ["digits_flaky"],
+    "seeds": 1,
+    "budget": "smoke",
+    "train": {"steps": 30, "checkpoint_every": 10, "log_every": 10},
+    "methods": {  # run one at a time, in this order
+        "a-raises-twice": {"method": "unsupervised"},  # consumes faults 1 and 2: fails after its 2 attempts
+        "c-diverges": {"method": "pu", "beta": 0.1, "lr": 0.9},  # non-finite loss: failed, not retried
+        "d-worker-killed": {"method": "unsupervised", "steps": 240, "checkpoint_every": 60, "log_every": 60},
+    },
+}
+
+
+@pytest.mark.slow
+def test_failing_trials_are_recorded_retried_or_not_and_a_killed_worker_resumes(tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "flaky_plugin.py").write_text(FLAKY_PLUGIN)
+    info = site / "flaky_plugin-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: flaky-plugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[pudm_bench.datasets]\nflaky = flaky_plugin:ADAPTER\n")
+    splits = tmp_path / "splits"
+    splits.mkdir()
+    split = yaml.safe_load((Path(get_split("digits_even").source)).read_text())
+    (splits / "digits_flaky.yaml").write_text(yaml.safe_dump({**split, "name": "digits_flaky",
+                                                              "dataset": "flaky_digits", "description": "flaky"}))
+    suites = tmp_path / "suites"
+    suites.mkdir()
+    (suites / "faults.yaml").write_text(yaml.safe_dump(FAULT_SUITE, sort_keys=False))
+    faults = tmp_path / "faults"
+    faults.mkdir()
+    for i in (1, 2):
+        (faults / f"raise-{i}").touch()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    store = tmp_path / "store"
+    log = tmp_path / "bench.log"
+    env = {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]), "FLAKY_FAULTS": str(faults)}
+    proc = popen("pudm_bench.benchmark", ["--suite", "faults", "--suites-dir", str(suites), "--splits-dir", str(splits),
+                                          "--max-concurrent", "1", "--max-failures", "1", "--storage", str(store),
+                                          "--mlflow-uri", uri, "--name", "faults", "--quiet"], log, env)
+    # Once Ray Train has registered d's first checkpoint (step 60; no other run checkpoints at 60: a checkpoint
+    # counts from when the controller has taken its report, which its snapshot file records), kill d's worker.
+    def registered(name: str) -> list[Path]:
+        return [p for p in store.glob("faults/train/*/checkpoint_manager_snapshot.json") if name in p.read_text()]
+
+    snapshot = wait_for(lambda: registered("step_00000060"), 900, "d's first checkpoint", proc, log)[0]
+    workers = wait_for(train_workers, 30, "d's Train worker")
+    for worker in workers:
+        worker.kill()
+    registered_at_kill = {int(step) for step in re.findall(r"step_(\d{8})", snapshot.read_text())}
+    text = finish(proc, log, 900)
+
+    assert sorted(p.name for p in faults.iterdir()) == ["used-raise-1", "used-raise-2"]
+    client, parents, runs = children(uri, "pudm-benchmark-faults")
+    by_method = {r.data.tags["pudm.method"]: r for r in runs}
+    assert len(runs) == 3 and set(by_method) == set(FAULT_SUITE["methods"])
+    # a: failed after its 2 attempts (--max-failures 1), with the workers' reason in MLflow and in the summary.
+    a = by_method["a-raises-twice"]
+    assert a.info.status == "FAILED"
+    assert "RuntimeError: injected fault raise-2 (after 2 attempts)" in a.data.tags["pudm.error"]
+    assert "injected fault raise-2" in text
+    # c: a non-finite loss is recorded as failed and not retried (no fault was left for it, and one attempt ran).
+    c = by_method["c-diverges"]
+    assert c.info.status == "FAILED" and c.data.tags["pudm.error"].startswith("NonFiniteLossError")
+    assert "NonFiniteLossError" in text
+    # d: its worker was killed after a checkpoint; Ray Train retried (--max-failures 1) from that checkpoint, and
+    # the retry finished and was scored.
+    d = by_method["d-worker-killed"]
+    assert d.info.status == "FINISHED" and 0 <= d.data.metrics["non_sensitive_rate"] <= 1
+    assert int(d.data.metrics["resumed_from_step"]) in registered_at_kill
+    assert int(d.data.metrics["steps"]) == 240
+    assert parents[0].info.status == "FINISHED"  # the benchmark went on and finished
+
+
+# ------------------------------------------------------------------------------------------------- node lost
+
+
+@pytest.mark.slow
+def test_sweep_completes_when_the_node_running_a_trial_is_lost(tmp_path):
+    from ray.cluster_utils import Cluster
+
+    os.environ.update(ENV)  # the cluster's processes inherit it
+    temp = Path("/tmp") / f"pudm-nodes-{os.getpid()}"  # Ray's socket paths must stay short
+    cluster = Cluster(initialize_head=True, connect=False,
+                      head_node_args={"num_cpus": 1, "temp_dir": str(temp), "include_dashboard": True,
+                                      "dashboard_host": "127.0.0.1"})
+    try:
+        nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
+        cluster.wait_for_nodes()
+        uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+        log = tmp_path / "sweep.log"
+        proc = popen("pudm_bench.sweep", ["--budget", "smoke", "--trials", "2", "--no-baselines", "--max-concurrent",
+                                          "1", "--max-failures", "2", "--ray-address", cluster.address,
+                                          "--storage", str(tmp_path / "store"), "--mlflow-uri", uri, "--quiet"], log)
+        raylets = {n.all_processes["raylet"][0].process.pid: n for n in [cluster.head_node, *nodes]}
+
+        def node_of_a_worker():
+            for worker in train_workers():
+                try:
+                    node = raylets.get(worker.ppid())
+                except psutil.NoSuchProcess:
+                    continue
+                if node is not None and node is not cluster.head_node:
+                    return node
+            return None
+
+        lost = wait_for(node_of_a_worker, 600, "a Train worker on a worker node", proc, log)
+        cluster.remove_node(lost, allow_graceful=False)
+        text = finish(proc, log, 900)
+    finally:
+        cluster.shutdown()
+    assert "has been marked dead" in text  # Ray saw the node go, while the sweep ran
+    _, parents, runs = children(uri, "pudm-digits_even")
+    assert parents[0].info.status == "FINISHED", text[-3000:]
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+    assert all(0 <= r.data.metrics["non_sensitive_rate"] <= 1 for r in runs)
+
+
+# ------------------------------------------------------------------------------------------- determinism
+
+
+def test_same_seed_same_split_fingerprint_and_different_seed_different_one():
+    spec = get_split("digits_even")
+    first, again, other = build_split(spec, seed=3), build_split(spec, seed=3), build_split(spec, seed=4)
+    assert first.fingerprint == again.fingerprint and first.fingerprint != other.fingerprint
+    assert first.unlabeled.equal(again.unlabeled) and not first.unlabeled.equal(other.unlabeled)
+
+
+class Losses(Callback):
+    def __init__(self) -> None:
+        self.log: list[tuple[int, float]] = []
+
+    def on_log(self, step: int, metrics: dict[str, float]) -> None:
+        self.log.append((step, metrics["loss"]))
+
+
+def test_same_seed_gives_the_same_trial_metrics_on_cpu(tmp_path):
+    """Two trainings + evaluations of one config with one seed, on CPU: identical curves and objectives."""
+    split = build_split(get_split("digits_even"), seed=0)
+    config = TrainConfig(method="pu", beta=0.1, correction="max", steps=12, batch_size=32, warmup_steps=2,
+                         log_every=3, checkpoint_every=12, seed=5, device="cpu",
+                         sample=SampleConfig(num_images=4, steps=2))
+    evaluation = EvalConfig(num_samples=24, sample_steps=4, sample_batch_size=24, fid="off")  # session referee
+    outcomes = []
+    for name in ("first", "second"):
+        losses = Losses()
+        result = train(config, split, tmp_path / name, callbacks=[losses], resume=False)
+        metrics = evaluate_model(result.model, result.noise_scheduler, split, evaluation)
+        outcomes.append((losses.log, {k: v for k, v in metrics.items()
+                                      if isinstance(v, float) and not k.endswith("_seconds")}))  # not timings
+    (curve_a, metrics_a), (curve_b, metrics_b) = outcomes
+    assert [s for s, _ in curve_a] == [3, 6, 9, 12] == [s for s, _ in curve_b]
+    assert [loss for _, loss in curve_a] == pytest.approx([loss for _, loss in curve_b], rel=1e-6)
+    assert metrics_a.keys() == metrics_b.keys() and {"non_sensitive_rate", "fd_classifier"} <= metrics_a.keys()
+    for key in metrics_a:
+        assert metrics_a[key] == pytest.approx(metrics_b[key], rel=1e-6, abs=1e-9), key
+    # A different training seed changes the curve: the test would notice seeds being ignored.
+    losses = Losses()
+    train(TrainConfig(**{**config.to_dict(), "seed": 6, "sample": config.sample}), split, tmp_path / "other",
+          callbacks=[losses], resume=False)
+    assert losses.log != curve_a
+    json.dumps(metrics_a)  # plain floats: what MLflow logs
