@@ -47,11 +47,11 @@ def budget_for(name: str, split: SplitSpec) -> Budget:
         raise unknown_name("budget", name, BUDGETS)
     digits = split.dataset == "digits"
     if name == "smoke":
-        # Seconds on a CPU even at 96 px: tiny batches of the "small" UNet away from digits.
+        # Seconds on a CPU even at 96 px: tiny batches of the "tiny" UNet (no attention) away from digits.
         return Budget(name, steps=20, batch_size=32 if digits else 8, lr=1e-3, warmup_steps=5, log_every=10,
                       checkpoint_every=10,
                       num_samples=48, sampler="ddim", sample_steps=5,
-                      model_preset=None if digits else "small", referee_epochs=None if digits else 3)
+                      model_preset=None if digits else "tiny", referee_epochs=None if digits else 3)
     if name == "cpu":
         if digits:
             # Sized so that the default sweep (6 searched trials + 2 baselines, 2 at a time, one CPU thread each:

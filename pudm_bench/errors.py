@@ -79,6 +79,11 @@ def read_yaml(path: str | Path, what: str, missing_hint: str = "") -> Any:
         return yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{what} {path} does not exist{missing_hint}") from None
+    except yaml.constructor.ConstructorError as exc:  # e.g. !!python/object/apply: safe_load builds no objects
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{what} {path}: a YAML tag{at} asks to build a Python object, which is never done; "
+                          "write plain values (numbers, text, lists, mappings)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""

@@ -28,6 +28,15 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
         up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
         norm_num_groups=8,
     ),
+    # The smoke budget's model away from digits: no attention, narrow (a 96 px STL10 step in a fraction of a
+    # second on one CPU thread); scores mean little, as smoke runs only check a set-up end to end.
+    "tiny": dict(
+        block_out_channels=(16, 32, 32),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D",) * 3,
+        up_block_types=("UpBlock2D",) * 3,
+        norm_num_groups=8,
+    ),
     # A CPU-sized model for 16-32 px smoke runs of the paper's datasets.
     "small": dict(
         block_out_channels=(32, 64, 64, 128),

@@ -375,8 +375,12 @@ def _tune_param_space(space: SearchSpace) -> dict[str, Any]:
 class TrackingCallback(tune.Callback):
     """Driver-side MLflow logging: one child run per trial, keyed by trial id, so a resumed trial reuses its run.
 
-    Tune pickles callbacks with its experiment state: the tracker (an MLflow client) is created lazily.
+    Tune pickles callbacks with its experiment state: the tracker (an MLflow client) is created lazily, and the
+    tracking URI, which may hold a password, is left out of the pickle: a restored callback uses the URI the
+    resuming driver was given (``TrackingCallback.active_uri``, set before ``fit``).
     """
+
+    active_uri: str | None = None  # the running driver's tracking URI (callbacks run in the driver process)
 
     def __init__(self, mlflow_uri: str, experiment: str, sweep_name: str, parent_run_id: str,
                  searched_method: str | None = None, cells: dict[str, dict[str, Any]] | None = None,
@@ -392,12 +396,18 @@ class TrackingCallback(tune.Callback):
         from pudm_bench.tracking import SweepTracker
 
         if self._tracker is None:
-            self._tracker = SweepTracker(self.uri, self.experiment)
+            self._tracker = SweepTracker(self.tracking_uri(), self.experiment)
             self._tracker.start_sweep(self.sweep_name, tags={}, params={}, resume_run_id=self.parent, kind=self.kind)
         return self._tracker
 
+    def tracking_uri(self) -> str:
+        uri = self.uri or TrackingCallback.active_uri
+        if uri is None:
+            raise RuntimeError("TrackingCallback restored without TrackingCallback.active_uri set")
+        return uri
+
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_tracker": None}
+        return {**self.__dict__, "_tracker": None, "uri": None}
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         if "cell" in trial.config:
@@ -553,9 +563,8 @@ def run_sweep(settings: SweepSettings, resume: bool, ray_address: str | None, nu
     )
     sweep_dir.mkdir(parents=True, exist_ok=True)
     # The tracking URI is written redacted: --resume takes it from the command line, never from this file.
-    redacted = replace(settings, mlflow_uri=redact(settings.mlflow_uri))  # trials never log to MLflow themselves
-    sweep_json.write_text(json.dumps({**asdict(redacted), "parent_run_id": parent_id,
-                                      "referee_balanced_accuracy": referee.balanced_accuracy}, indent=2))
+    redacted = write_sweep_state(sweep_json, settings, parent_run_id=parent_id,
+                                 referee_balanced_accuracy=referee.balanced_accuracy)
 
     trainable = tune.with_resources(tune.with_parameters(run_trial, settings=redacted), {"cpu": TRIAL_DRIVER_CPU})
     tune_path = sweep_dir / "tune"
@@ -581,6 +590,7 @@ def run_sweep(settings: SweepSettings, resume: bool, ray_address: str | None, nu
                                       # its last Train checkpoint.
                                       failure_config=tune.FailureConfig(max_failures=settings.max_failures)),
         )
+    TrackingCallback.active_uri = settings.mlflow_uri
     grid = tuner.fit()
     wall = time.perf_counter() - start
 
@@ -636,6 +646,7 @@ def run_cells(cells: dict[str, dict[str, Any]], run_dir: Path, *, mlflow_uri: st
                                       callbacks=[TrackingCallback(mlflow_uri, experiment, run_name, parent_run_id,
                                                                   cells=cells, kind="benchmark")],
                                       failure_config=tune.FailureConfig(max_failures=max_failures)))
+    TrackingCallback.active_uri = mlflow_uri
     grid = tuner.fit()
     out = []
     for trial in grid._experiment_analysis.trials:
@@ -644,6 +655,17 @@ def run_cells(cells: dict[str, dict[str, Any]], run_dir: Path, *, mlflow_uri: st
         out.append({"cell": trial.config["cell"], "trial_id": trial.trial_id,
                     "status": "FAILED" if result.get("failed") else trial.status, "result": result, "error": error})
     return out
+
+
+def write_sweep_state(path: Path, settings: SweepSettings, **extra: Any) -> SweepSettings:
+    """``sweep.json``: the settings ``--resume`` compares, plus ``extra``. The tracking URI is written redacted
+    (``--resume`` takes it from the command line, never from this file); returns the settings as written, which is
+    also what trials receive (they never log to MLflow themselves)."""
+    from pudm_bench.tracking import redact
+
+    redacted = replace(settings, mlflow_uri=redact(settings.mlflow_uri))
+    path.write_text(json.dumps({**asdict(redacted), **extra}, indent=2))
+    return redacted
 
 
 def _check_resume(settings: SweepSettings, sweep_json: Path, resume: bool) -> None:
@@ -722,7 +744,8 @@ def add_execution_arguments(p: argparse.ArgumentParser, pretrained_per_dataset: 
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray cluster (default: all)")
     p.add_argument("--storage", default="pudm_runs", metavar="PATH",
                    help="run storage: checkpoints, Tune state, caches (a shared filesystem path on clusters)")
-    p.add_argument("--max-failures", type=int, default=1, help="retries of a trial whose worker died (not for a diverged loss)")
+    p.add_argument("--max-failures", type=int, default=1, help="restarts of a trial whose workers failed or died, from its last checkpoint "
+                   "(not for a diverged loss or bad input); see docs/reliability.md")
     p.add_argument("--referee-floor", type=float, default=0.9,
                    help="refuse to score (before any training) when the referee's held-out balanced accuracy is lower")
     p.add_argument("--referee-epochs", type=int, default=None, help="epochs to train the referee (default: the budget's)")

@@ -73,10 +73,22 @@ def test_shipped_suites_load_and_name_the_papers_splits():
     ({"train": {"seed": 4}}, "train"),
     ({"train": {"lrr": 1.0e-3}}, "did you mean 'lr'"),
     ({"pretrained": 3}, "pretrained=3 is invalid"),
+    ({"methods": {"x": {"method": "pu", "beta": 0.1, "seed": 3}}}, "unknown key 'seed'"),  # the runner's
+    ({"methods": {"x": {"method": "pu", "beta": 0.1, "lr": 2.0}}}, "lr=2.0 is invalid"),
 ])
 def test_bad_suites_fail_at_load_time_naming_the_key(changes, message):
     with pytest.raises(ConfigError, match=message):
         parse_suite(suite_data(**changes), "mine.yaml")
+
+
+def test_a_method_may_override_training_fields_of_the_suite_for_its_own_runs(tmp_path):
+    data = suite_data(seeds=1, train={"steps": 40, "lr": 1.0e-3},
+                      methods={"slow": {"method": "pu", "beta": 0.1, "lr": 1.0e-4, "steps": 80},
+                               "plain": {"method": "unsupervised"}})
+    settings = settings_for(write_suite(tmp_path, data), tmp_path)
+    cells = plan(settings, load_suite(settings.suite_file)).cells
+    slow, plain = cells["digits_even/slow/seed0"]["train_config"], cells["digits_even/plain/seed0"]["train_config"]
+    assert (slow["lr"], slow["steps"]) == (1.0e-4, 80) and (plain["lr"], plain["steps"]) == (1.0e-3, 40)
 
 
 def test_a_suite_is_found_by_name_in_a_suites_dir_and_must_match_its_file_name(tmp_path):

@@ -1,0 +1,215 @@
+"""Security: servers bind 127.0.0.1, nothing is unpickled from files users pass around, YAML builds no objects,
+names cannot escape their folders, credentials are never written or printed (docs/reliability.md, "Security")."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pudm_bench import sweep
+from pudm_bench.checkpoint import load_checkpoint, save_checkpoint
+from pudm_bench.data.splits import load_split_file
+from pudm_bench.errors import ConfigError
+from pudm_bench.search_space import load_search_space
+from pudm_bench.tracking import check_experiment_name, redact
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class Payload:
+    """Unpickling this runs ``touch <marker>``: the attack a pickled checkpoint or weights file can carry."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+# ----------------------------------------------------------------------------------------------- servers
+
+
+def test_a_local_ray_cluster_binds_its_dashboard_to_localhost(monkeypatch):
+    seen = {}
+    monkeypatch.setattr(sweep.ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(sweep.ray, "init", lambda **kwargs: seen.update(kwargs))
+    monkeypatch.setattr(sweep.ray, "cluster_resources", lambda: {"CPU": 2.0})
+    sweep.start_ray(None, 2, 0)
+    assert seen["dashboard_host"] == "127.0.0.1" and seen["address"] is None
+
+
+def test_the_mlflow_server_helper_binds_to_localhost(monkeypatch):
+    spec = importlib.util.spec_from_file_location("screenshots", REPO / "docs" / "screenshots.py")
+    screenshots = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(screenshots)
+    started = []
+
+    class Server:
+        def kill(self):
+            pass
+
+    class Healthy:
+        status = 200
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(screenshots.subprocess, "Popen", lambda args, **kw: started.append(args) or Server())
+    monkeypatch.setattr(screenshots.urllib.request, "urlopen", lambda url, timeout: Healthy())
+    screenshots.start_server("sqlite:///x.db", 5123)
+    args = started[0]
+    assert args[args.index("--host") + 1] == "127.0.0.1"
+
+
+# --------------------------------------------------------------------------------------- no unpickling
+
+
+def tiny_state():
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    return model, optimizer, scheduler, torch.Generator().manual_seed(0)
+
+
+def test_checkpoints_hold_only_safetensors_and_json(tmp_path):
+    model, optimizer, scheduler, generator = tiny_state()
+    path = save_checkpoint(tmp_path, step=1, model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                           generator=generator, ema=None, config={})
+    assert {p.suffix for p in path.iterdir()} <= {".safetensors", ".json"}
+
+
+def test_a_pickle_in_place_of_a_checkpoint_is_refused_without_running_it(tmp_path):
+    model, optimizer, scheduler, generator = tiny_state()
+    path = save_checkpoint(tmp_path, step=1, model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                           generator=generator, ema=None, config={})
+    marker = tmp_path / "pwned"
+    (path / "model.safetensors").write_bytes(pickle.dumps(Payload(marker)))
+    with pytest.raises(ConfigError, match="unreadable"):
+        load_checkpoint(path, model=model, optimizer=optimizer, lr_scheduler=scheduler, generator=generator, ema=None)
+    assert not marker.exists()
+
+
+def test_a_pickle_in_place_of_fid_weights_is_refused_without_running_it(tmp_path):
+    from pudm_bench.fid import load_inception
+
+    marker = tmp_path / "pwned"
+    weights = tmp_path / "pt_inception.pth"
+    torch.save({"x": Payload(marker)}, weights)  # a torch.save file whose unpickling would run the payload
+    with pytest.raises(ConfigError, match="not a pytorch-fid Inception weights file"):
+        load_inception(weights, dims=64)
+    assert not marker.exists()
+
+
+def test_saved_pipelines_and_referees_are_safetensors(tmp_path, digits_even_split, digits_referee, isolated_cache):
+    from pudm_bench.config import SampleConfig, TrainConfig
+    from pudm_bench.train import save_pipeline, train
+
+    config = TrainConfig(method="unsupervised", steps=2, batch_size=16, warmup_steps=0, log_every=1,
+                         checkpoint_every=2, sample=SampleConfig(num_images=1, steps=1))
+    result = train(config, digits_even_split, tmp_path / "run", resume=False)
+    pipeline = save_pipeline(result, tmp_path / "run")
+    weights = [p.name for p in pipeline.rglob("*") if p.is_file() and p.suffix not in (".json", ".txt", ".md")]
+    assert weights and all(name.endswith(".safetensors") for name in weights), weights
+    cached = [p.name for p in (isolated_cache / "referees").iterdir()]
+    assert cached and {Path(name).suffix for name in cached} <= {".safetensors", ".json", ".lock"}, cached
+
+
+# ------------------------------------------------------------------------------------------------- YAML
+
+
+TAG = "!!python/object/apply:os.system [\"touch {marker}\"]"
+
+
+def test_yaml_tags_that_build_objects_are_refused_in_every_user_file(tmp_path):
+    marker = tmp_path / "pwned"
+    split = tmp_path / "split.yaml"
+    split.write_text(f"name: evil\ndataset: {TAG.format(marker=marker)}\n")
+    space = tmp_path / "space.yaml"
+    space.write_text(f"method: pu\nparams:\n  beta: {TAG.format(marker=marker)}\n")
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(f"name: evil\nsplits: [digits_even]\nmethods: {TAG.format(marker=marker)}\n")
+    from pudm_bench.benchmark import load_suite
+
+    for load, path in ((load_split_file, split), (load_search_space, space), (load_suite, suite)):
+        with pytest.raises(ConfigError, match="asks to build a Python object"):
+            load(path)
+    assert not marker.exists()
+
+
+# ------------------------------------------------------------------------------------------ path traversal
+
+
+@pytest.mark.parametrize("name", ["../x", "a/../../b", "/etc/passwd", "..", "x\\y", ""])
+def test_names_that_would_escape_their_folder_are_refused(name):
+    with pytest.raises(ConfigError):
+        sweep._safe_name(name)
+    with pytest.raises(ConfigError):
+        check_experiment_name(name)
+
+
+def test_benchmark_names_are_checked_like_sweep_names(tmp_path, capsys):
+    from pudm_bench.benchmark import main
+
+    assert main(["--name", "../../escape", "--storage", str(tmp_path / "store"), "--dry-run"]) == 2
+    assert "--name='../../escape' is invalid" in capsys.readouterr().err
+    assert not (tmp_path / "store").exists()
+
+
+def test_a_split_name_is_looked_up_never_opened_as_a_path(tmp_path, capsys):
+    secret = tmp_path / "secret.yaml"
+    secret.write_text("name: secret\n")
+    assert sweep.main(["--split", str(secret.with_suffix("")), "--storage", str(tmp_path / "s"), "--dry-run"]) == 2
+    assert "unknown split" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------- credentials
+
+
+@pytest.mark.parametrize("uri,hidden", [
+    ("http://alice:s3cret@mlflow.internal:5000", "s3cret"),
+    ("https://bob:p%40ss@host/path?x=1", "p%40ss"),
+    ("http://host:5000/?token=abc123&run=1", "abc123"),
+    ("databricks://profile?password=hunter2", "hunter2"),
+])
+def test_tracking_uris_are_redacted(uri, hidden):
+    shown = redact(uri)
+    assert hidden not in shown and "***" in shown
+
+
+def test_the_sweep_state_file_holds_no_credentials(tmp_path):
+    args = sweep.build_parser().parse_args(["--storage", str(tmp_path), "--budget", "smoke"])
+    settings = sweep.replace(sweep.settings_from_args(args), mlflow_uri="http://alice:s3cret@127.0.0.1:5000")
+    written = sweep.write_sweep_state(tmp_path / "sweep.json", settings, parent_run_id="p")
+    text = (tmp_path / "sweep.json").read_text()
+    assert "s3cret" not in text and "alice:***@127.0.0.1" in text
+    assert "s3cret" not in written.mlflow_uri  # what trials receive
+    assert json.loads(text)["parent_run_id"] == "p"
+
+
+def test_the_sweep_never_prints_a_password_from_the_tracking_uri(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "pudm_bench.sweep", "--dry-run", "--storage", str(tmp_path),
+                             "--mlflow-uri", "http://alice:s3cret@127.0.0.1:9"], capture_output=True, text=True,
+                            timeout=120)
+    assert "s3cret" not in result.stdout + result.stderr
+
+
+def test_the_tracking_callback_pickles_without_the_uri_and_uses_the_drivers_after_restore(monkeypatch):
+    callback = sweep.TrackingCallback("http://alice:s3cret@127.0.0.1:5000", "exp", "s", "parent")
+    data = pickle.dumps(callback)  # what Tune writes into the sweep's storage folder
+    assert b"s3cret" not in data
+    monkeypatch.setattr(sweep.TrackingCallback, "active_uri", "http://alice:s3cret@127.0.0.1:5000")
+    assert pickle.loads(data).tracking_uri() == "http://alice:s3cret@127.0.0.1:5000"
+    assert callback.tracking_uri() == "http://alice:s3cret@127.0.0.1:5000"
