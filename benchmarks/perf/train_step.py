@@ -9,7 +9,7 @@
 Per-step times come from the training loop's own clock (``elapsed_s`` in its log callbacks), after a warm-up
 interval, so model construction and the final checkpoint are not counted.
 
-    python benchmarks/perf/train_step.py [--steps 60] [--repeats 3] [--out benchmarks/perf/results]
+    python benchmarks/perf/train_step.py [--steps 30] [--repeats 3] [--out benchmarks/perf/results]
 """
 
 from __future__ import annotations
@@ -66,7 +66,8 @@ def bare_step(split: BuiltSplit, preset: str, batch: int, steps: int, warmup: in
     flags, e.g. foreach=True or fused=True); one fixed batch."""
     torch.manual_seed(0)
     model = build_model(preset, split.unlabeled.shape[-1], split.unlabeled.shape[1]).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, **adamw)
+    # The same AdamW kernel as the training loop (fused) unless the caller compares kernels.
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, **(adamw or {"fused": True}))
     x0 = to_model_range(split.unlabeled[:batch])
 
     def one() -> None:
@@ -98,7 +99,7 @@ def data_step(split: BuiltSplit, batch: int, steps: int) -> float:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--steps", type=int, default=40, help="timed steps per measurement (digits; a quarter at 32 px)")
+    p.add_argument("--steps", type=int, default=30, help="timed steps per measurement (digits; a quarter at 32 px)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved repeats; the median is reported")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
