@@ -377,10 +377,8 @@ class TrackingCallback(tune.Callback):
 
     Tune pickles callbacks with its experiment state: the tracker (an MLflow client) is created lazily, and the
     tracking URI, which may hold a password, is left out of the pickle: a restored callback uses the URI the
-    resuming driver was given (``TrackingCallback.active_uri``, set before ``fit``).
+    resuming driver was given (``tracking.ACTIVE_URI``, set before ``fit``).
     """
-
-    active_uri: str | None = None  # the running driver's tracking URI (callbacks run in the driver process)
 
     def __init__(self, mlflow_uri: str, experiment: str, sweep_name: str, parent_run_id: str,
                  searched_method: str | None = None, cells: dict[str, dict[str, Any]] | None = None,
@@ -401,9 +399,11 @@ class TrackingCallback(tune.Callback):
         return self._tracker
 
     def tracking_uri(self) -> str:
-        uri = self.uri or TrackingCallback.active_uri
+        from pudm_bench import tracking
+
+        uri = self.uri or tracking.ACTIVE_URI
         if uri is None:
-            raise RuntimeError("TrackingCallback restored without TrackingCallback.active_uri set")
+            raise RuntimeError("TrackingCallback restored from a pickle while tracking.ACTIVE_URI is unset")
         return uri
 
     def __getstate__(self) -> dict[str, Any]:
@@ -443,6 +443,12 @@ class TrackingCallback(tune.Callback):
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         error = trial.get_error()
         self.tracker.end_trial(trial.trial_id, "FAILED", f"{type(error).__name__}: {error}" if error else "error")
+
+
+def set_active_tracking_uri(uri: str) -> None:
+    from pudm_bench import tracking
+
+    tracking.ACTIVE_URI = uri
 
 
 def _trial_params(config: dict[str, Any]) -> dict[str, Any]:
@@ -518,6 +524,7 @@ def start_ray(ray_address: str | None, num_cpus: int | None, verbose: int) -> bo
     for name, value in TRAIN_ENV.items():  # a local cluster's processes inherit these; a joined one gets them below
         os.environ.setdefault(name, value)
     if not ray.is_initialized():
+        ray_address = ray_address or os.environ.get("RAY_ADDRESS") or None
         if ray_address is None:
             os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local cluster of our own: no token prompts
         local = ray_address is None
@@ -525,7 +532,9 @@ def start_ray(ray_address: str | None, num_cpus: int | None, verbose: int) -> bo
         # whether a stopped trial's controller is gone; without it, early-stopped trials keep their CPUs.
         local_options = ({"num_cpus": num_cpus, "dashboard_host": "127.0.0.1"} if local
                          else {"runtime_env": {"env_vars": {name: os.environ[name] for name in TRAIN_ENV}}})
-        ray.init(address=ray_address, log_to_driver=verbose > 0, **local_options)
+        # Without --ray-address (or RAY_ADDRESS), "local": a cluster of our own, even when another one on this machine
+        # recorded itself in /tmp/ray (ray.init() with no address would join that one).
+        ray.init(address=ray_address or "local", log_to_driver=verbose > 0, **local_options)
     return ray.cluster_resources().get("GPU", 0) >= 1
 
 
@@ -590,7 +599,7 @@ def run_sweep(settings: SweepSettings, resume: bool, ray_address: str | None, nu
                                       # its last Train checkpoint.
                                       failure_config=tune.FailureConfig(max_failures=settings.max_failures)),
         )
-    TrackingCallback.active_uri = settings.mlflow_uri
+    set_active_tracking_uri(settings.mlflow_uri)
     grid = tuner.fit()
     wall = time.perf_counter() - start
 
@@ -646,7 +655,7 @@ def run_cells(cells: dict[str, dict[str, Any]], run_dir: Path, *, mlflow_uri: st
                                       callbacks=[TrackingCallback(mlflow_uri, experiment, run_name, parent_run_id,
                                                                   cells=cells, kind="benchmark")],
                                       failure_config=tune.FailureConfig(max_failures=max_failures)))
-    TrackingCallback.active_uri = mlflow_uri
+    set_active_tracking_uri(mlflow_uri)
     grid = tuner.fit()
     out = []
     for trial in grid._experiment_analysis.trials:

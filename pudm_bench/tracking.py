@@ -64,6 +64,13 @@ _SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 # URIs
 
 
+# The running driver's tracking URI. Tune pickles its callbacks into the sweep's storage folder, and the sweep's
+# MLflow callback leaves the URI (which may hold a password) out of that pickle; a restored callback reads this,
+# which the driver sets before Tune runs. A module attribute, not a class attribute: the driver is often
+# ``python -m pudm_bench.sweep`` (module __main__), whose classes Ray pickles by value.
+ACTIVE_URI: str | None = None
+
+
 def check_experiment_name(name: str, flag: str = "--experiment") -> str:
     """An MLflow experiment name that is safe as a folder name: with a SQLite store its artifacts go to
     ``<store>/mlruns/<name>``, so ``../`` or a path separator would put them outside the store."""
