@@ -19,6 +19,7 @@ Suite file::
       unsupervised: {method: unsupervised}
       pu-abs: {method: pu, correction: abs, beta: 0.15}
       pnu: {method: pnu, correction: abs, beta: 0.15}   # only on splits with labeled normal data
+    unlabeled_sensitive_shares: [0.05, 0.1, 0.2]   # optional split option: each split at each sensitive share of U
     train: {lr: 1.0e-3}             # optional: TrainConfig overrides for every run
     pretrained: required            # optional: fine-tune; "required" (needs --pretrained) or dataset -> model
 """
@@ -41,12 +42,16 @@ from pudm_bench.data.splits import SplitSpec, build_split, get_split
 from pudm_bench.errors import ArgumentParser, ConfigError, PudmError, check_keys, read_yaml, unknown_name
 
 BUILTIN_SUITES_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "suites"
-SUITE_KEYS = ("name", "description", "splits", "seeds", "budget", "methods", "train", "pretrained")
+SUITE_KEYS = ("name", "description", "splits", "seeds", "budget", "methods", "train", "pretrained",
+              "unlabeled_sensitive_shares")
 METHOD_KEYS = ("method", "correction", "beta", "eta", "paper_weighting")
 # TrainConfig fields a suite's ``train:`` may not set: the runner owns them.
 RUNNER_OWNED = ("split", "method", "beta", "correction", "eta", "seed", "pretrained", "data_dir", "download",
-                "splits_dirs", "sample", "device")
+                "splits_dirs", "sample", "device", "unlabeled_sensitive_share")
 RATE = "non_sensitive_rate"
+# Reported by runs that estimate beta (beta: auto) or filter U (method filter); "prior_true" is the split's truth.
+PRIOR_COLUMNS = ("prior_true", "prior_estimate", "prior_std", "beta_used", "filter_sensitive_removed_share",
+                 "filter_normal_removed_share")
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,7 @@ class Suite:
     train: dict[str, Any] = field(default_factory=dict)
     pretrained: str | dict[str, str] | None = None  # None, "required", or dataset/split name -> model
     source: str = "<memory>"
+    unlabeled_sensitive_shares: tuple[float, ...] = ()  # empty: the splits as registered
 
 
 def parse_suite(data: Any, source: str = "<memory>") -> Suite:
@@ -119,9 +125,15 @@ def parse_suite(data: Any, source: str = "<memory>") -> Suite:
             (isinstance(pretrained, dict) and all(isinstance(v, str) for v in pretrained.values()))):
         raise ConfigError(f"{where}: pretrained={pretrained!r} is invalid: expected 'required' or a mapping "
                           "dataset (or split) -> pretrained model folder or hub id")
+    shares = data.get("unlabeled_sensitive_shares") or []
+    if not isinstance(shares, list) or not all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x < 1 for x in shares) \
+            or len(set(shares)) != len(shares):
+        raise ConfigError(f"{where}: unlabeled_sensitive_shares={shares!r} is invalid: expected a list of distinct "
+                          "shares in (0, 1), e.g. [0.05, 0.1, 0.2]")
     return Suite(name=name, description=str(data.get("description", "")), splits=tuple(splits),
                  methods=tuple(methods), seeds=seeds, budget=budget, train=dict(train), pretrained=pretrained,
-                 source=source)
+                 source=source, unlabeled_sensitive_shares=tuple(float(x) for x in shares))
 
 
 def suite_files(extra_dirs: Iterable[str | Path] = ()) -> dict[str, Path]:
@@ -217,7 +229,10 @@ def plan(settings: BenchmarkSettings, suite: Suite) -> Plan:
     """Every training run of the benchmark, each config validated (a bad combination fails here, before Ray)."""
     from pudm_bench.sweep import make_eval_config
 
-    splits = {name: get_split(name, settings.splits_dirs) for name in suite.splits}
+    # With unlabeled_sensitive_shares each split is run at each share: a variant per share, "<split>-share<x>".
+    variants = [get_split(name, settings.splits_dirs, share) for name in suite.splits
+                for share in (suite.unlabeled_sensitive_shares or (None,))]
+    splits = {spec.name: spec for spec in variants}
     cells: dict[str, dict[str, Any]] = {}
     skipped = []
     for seed in range(settings.seeds):  # seeds outermost: the first runs to finish cover every method and split
@@ -229,8 +244,10 @@ def plan(settings: BenchmarkSettings, suite: Suite) -> Plan:
                     if seed == 0:
                         skipped.append((split.name, method.label, "the split has no labeled normal data"))
                     continue
-                values = dict(budget_train_values(budget), split=split.name, seed=seed, data_dir=settings.data_dir,
-                              download=settings.download, splits_dirs=settings.splits_dirs, pretrained=pretrained)
+                values = dict(budget_train_values(budget), split=split.registry_name, seed=seed,
+                              data_dir=settings.data_dir, download=settings.download,
+                              splits_dirs=settings.splits_dirs, pretrained=pretrained,
+                              unlabeled_sensitive_share=split.unlabeled_sensitive_share)
                 values.update(suite.train)
                 values.update(method=method.method, **method.params)
                 try:
@@ -276,6 +293,7 @@ def runs_frame(outcomes: list[dict[str, Any]], the_plan: Plan):
             "quality_metric": split.quality_metric, "quality": quality if ok else math.nan,
             "train_seconds": result.get("train_seconds"), "eval_seconds": result.get("eval_seconds"),
             "error": outcome["error"],
+            **{key: result.get(key, math.nan) for key in PRIOR_COLUMNS},
         })
     order = {cell_id: i for i, cell_id in enumerate(the_plan.cells)}
     frame = pd.DataFrame(rows)
@@ -303,6 +321,9 @@ def summary_table(runs, the_plan: Plan):
                 "quality_metric": split.quality_metric,
                 "quality_mean": done["quality"].mean() if len(done) else math.nan,
                 "quality_std": done["quality"].std(ddof=1) if len(done) > 1 else math.nan,
+                # Mean over finished runs of what the prior estimator and the filter did (NaN for other methods).
+                **{f"{key}_mean": done[key].mean() if len(done) and key in done else math.nan
+                   for key in PRIOR_COLUMNS},
             })
     return pd.DataFrame(rows)
 

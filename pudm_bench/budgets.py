@@ -35,6 +35,7 @@ class Budget:
     sample_steps: int
     model_preset: str | None = None  # None: the split's own preset
     referee_epochs: int | None = None  # None: the referee's default for the split (see referee.py)
+    prior_steps: int = 300  # steps of each U-vs-S classifier for beta auto and the filter (prior.py)
 
 
 def training_set_size(split: SplitSpec) -> int:
@@ -51,7 +52,7 @@ def budget_for(name: str, split: SplitSpec) -> Budget:
         return Budget(name, steps=20, batch_size=32 if digits else 8, lr=1e-3, warmup_steps=5, log_every=10,
                       checkpoint_every=10,
                       num_samples=48, sampler="ddim", sample_steps=5,
-                      model_preset=None if digits else "tiny", referee_epochs=None if digits else 3)
+                      model_preset=None if digits else "tiny", referee_epochs=None if digits else 3, prior_steps=30)
     if name == "cpu":
         if digits:
             # Sized so that the default sweep (6 searched trials + 2 baselines, 2 at a time, one CPU thread each:
@@ -75,5 +76,5 @@ def budget_train_values(budget: Budget) -> dict:
 
     return dict(steps=budget.steps, batch_size=budget.batch_size, lr=budget.lr, warmup_steps=budget.warmup_steps,
                 log_every=budget.log_every, checkpoint_every=budget.checkpoint_every,
-                model_preset=budget.model_preset,
+                model_preset=budget.model_preset, prior_steps=budget.prior_steps,
                 sample=SampleConfig(num_images=16, steps=budget.sample_steps, sampler=budget.sampler))

@@ -12,8 +12,13 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from pudm_bench.errors import ConfigError, check_keys
-from pudm_bench.losses import CORRECTIONS, METHODS, check_prior
+from pudm_bench.losses import CORRECTIONS, METHODS, METHODS_WITH_PRIOR, check_prior
 
+# The diffusion methods of losses.py plus the filtering baseline: an nnPU classifier drops the sensitive-looking
+# images from U, then the unsupervised loss trains on the rest (prior.py; docs/concepts.md).
+TRAIN_METHODS = (*METHODS, "filter")
+# beta: "auto" estimates the class prior from U and S before training (prior.estimate_prior).
+AUTO = "auto"
 SAMPLERS = ("ddim", "ddpm")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
@@ -61,7 +66,7 @@ class TrainConfig:
 
     split: str = "digits_even"
     method: str = "unsupervised"
-    beta: float | None = None
+    beta: float | str | None = None  # a number in (0, 1), "auto" (estimated), or None for the baselines
     correction: str = "abs"
     eta: float | None = None
     paper_weighting: bool = True
@@ -83,11 +88,29 @@ class TrainConfig:
     data_dir: str | None = None
     download: bool = False
     splits_dirs: tuple[str, ...] = ()
+    # Optimizer steps of each U-vs-S classifier when beta is estimated (beta auto) or U filtered (prior.py).
+    prior_steps: int = 300
+    # A split option: set U's sensitive share (unlabeled_normal is kept, unlabeled_sensitive recomputed).
+    unlabeled_sensitive_share: float | None = None
     sample: SampleConfig = field(default_factory=SampleConfig)
 
     def __post_init__(self) -> None:
-        _choice("method", self.method, METHODS)
-        check_prior(self.method, self.beta)
+        _choice("method", self.method, TRAIN_METHODS)
+        if self.beta == AUTO:
+            if self.method not in (*METHODS_WITH_PRIOR, "filter"):
+                raise ConfigError(f"method {self.method!r} does not use beta (got beta=auto); drop --beta or use "
+                                  "--method pu")
+        elif self.method == "filter":
+            if self.beta is not None:
+                _require(isinstance(self.beta, (int, float)) and not isinstance(self.beta, bool)
+                         and 0 < self.beta < 1, "beta", self.beta, "auto or a class prior in (0, 1) (filter's threshold)")
+        else:
+            if isinstance(self.beta, str):
+                raise ConfigError(f"beta={self.beta!r} is invalid: expected a number in (0, 1) or auto")
+            check_prior(self.method, self.beta)
+        if self.unlabeled_sensitive_share is not None:
+            _require(isinstance(self.unlabeled_sensitive_share, (int, float)) and 0 < self.unlabeled_sensitive_share < 1,
+                     "unlabeled_sensitive_share", self.unlabeled_sensitive_share, "a share in (0, 1), e.g. 0.05")
         _choice("correction", self.correction, CORRECTIONS)
         if self.method != "pnu" and self.eta is not None:
             raise ConfigError(f"method {self.method!r} does not use eta (got eta={self.eta}); drop --eta or use --method pnu")
@@ -105,8 +128,14 @@ class TrainConfig:
             _require(0 < self.ema_decay < 1, "ema_decay", self.ema_decay, "a number in (0, 1), e.g. 0.999")
         _choice("precision", self.precision, PRECISIONS)
         _choice("device", self.device, DEVICES)
+        _positive_int("prior_steps", self.prior_steps)
         _positive_int("log_every", self.log_every)
         _positive_int("checkpoint_every", self.checkpoint_every)
+
+    @property
+    def estimates_prior(self) -> bool:
+        """Whether training starts by estimating the class prior (beta auto, or filter without a given beta)."""
+        return self.beta == AUTO or (self.method == "filter" and self.beta is None)
 
     @property
     def effective_eta(self) -> float:

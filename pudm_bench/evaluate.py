@@ -176,7 +176,7 @@ def evaluate_run(run_dir: str | Path, config: EvalConfig, device: str | None = N
                           "train one with python -m pudm_bench.train")
     resolved = json.loads(resolved_path.read_text())
     train_config = TrainConfig.from_dict(resolved["config"], where=str(resolved_path))
-    spec = get_split(train_config.split, train_config.splits_dirs)
+    spec = get_split(train_config.split, train_config.splits_dirs, train_config.unlabeled_sensitive_share)
     split = build_split(spec, seed=train_config.split_seed, data_dir=train_config.data_dir)
     if split.fingerprint != resolved["split"]["fingerprint"]:
         raise ConfigError(f"split {spec.name!r} now builds fingerprint {split.fingerprint}, but the run was trained on "

@@ -170,6 +170,26 @@ def pnu_risk(error: torch.Tensor, role: torch.Tensor, beta: float, correction: s
     return Risk(pu.loss + eta * normal, pu.positive_risk, pu.negative_risk, normal)
 
 
+def nnpu_classifier_risk(logits: torch.Tensor, role: torch.Tensor, prior: float) -> Risk:
+    """Non-negative PU risk of a binary classifier g (Kiryo et al., NeurIPS 2017, eq. 6 and Alg. 1), sigmoid loss.
+
+    With l(z) = sigmoid(-z) the loss of calling an example sensitive with score z, and pi the class prior:
+        R+ = pi * mean_S l(g(x))                               (labeled sensitive as sensitive)
+        R- = mean_U l(-g(x)) - pi * mean_S l(-g(x))            (estimates (1 - pi) * normal risk)
+        loss = R+ + R-  if R- >= 0,  else  -R-                 (Alg. 1 with beta = 0, gamma = 1)
+    The same ``max`` step as ``pu_risk``, on a classifier: used by the filtering baseline (``prior.py``).
+    """
+    if not 0.0 < prior < 1.0:
+        raise ConfigError(f"prior={prior} is invalid: the class prior must be in (0, 1)")
+    logits = logits.float().reshape(-1)
+    is_unlabeled = role == UNLABELED
+    is_sensitive = role == LABELED_SENSITIVE
+    positive = prior * _masked_mean(torch.sigmoid(-logits), is_sensitive)
+    negative = _masked_mean(torch.sigmoid(logits), is_unlabeled) - prior * _masked_mean(torch.sigmoid(logits), is_sensitive)
+    loss = torch.where(negative >= 0, positive + negative, -negative)
+    return Risk(loss, positive, negative, _nan(logits))
+
+
 def training_risk(
     method: str,
     error: torch.Tensor,

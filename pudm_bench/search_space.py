@@ -12,6 +12,12 @@ every searched trial uses::
     fixed:
       warmup_steps: 100
 
+The class prior's bounds may be multiples of its estimate (``search_spaces/beta_auto.yaml``)::
+
+      beta: {kind: loguniform, low: auto*0.5, high: auto*2.0}
+
+the sweep estimates beta from U and S (``pudm_bench.prior``) before any trial and resolves the bounds with it.
+
 Only the kinds in ``KINDS`` are accepted (no code or class paths in YAML) and only the parameters in ``TUNABLE``.
 Every mistake raises a one-line ``ConfigError`` naming the file, the key, the value and the fix, before Ray starts.
 This module does not import Ray or Optuna: ``pudm_bench.sweep`` turns the distributions into Tune domains.
@@ -23,6 +29,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping, Union
@@ -227,7 +234,50 @@ class Choice:
         return {"kind": self.kind, "values": list(self.values)}
 
 
-Distribution = Union[Uniform, LogUniform, IntRange, Choice]
+# ``low: auto*0.5``: a bound relative to the estimated class prior (beta only).
+_AUTO_BOUND = re.compile(r"^auto\s*\*\s*(\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)$")
+# Resolved bounds are kept inside this range (beta is a prior in (0, 1)).
+PRIOR_BOUNDS = (1e-3, 0.999)
+# Load-time checks use this stand-in for the estimate (the combination must be valid before the data is read).
+NOMINAL_PRIOR = 0.1
+
+
+@dataclass(frozen=True)
+class RelativeToPrior:
+    """beta drawn from [low_factor, high_factor] x the estimated prior, uniform or log-uniform; ``resolve`` turns it
+    into a ``Uniform``/``LogUniform`` once the sweep has the estimate."""
+
+    kind: str
+    low_factor: float
+    high_factor: float
+
+    def __post_init__(self) -> None:
+        if not 0 < self.low_factor < self.high_factor:
+            raise ConfigError(f"low=auto*{self.low_factor:g}, high=auto*{self.high_factor:g} is invalid: expected "
+                              "0 < low factor < high factor, e.g. low: auto*0.5, high: auto*2.0")
+
+    def resolve(self, prior: float) -> "Uniform | LogUniform":
+        low, high = (min(max(prior * f, PRIOR_BOUNDS[0]), PRIOR_BOUNDS[1]) for f in (self.low_factor, self.high_factor))
+        if low >= high:  # both clamped to the same edge: an estimate at 0 or 1
+            low, high = (PRIOR_BOUNDS[0], 2 * PRIOR_BOUNDS[0]) if low <= PRIOR_BOUNDS[0] else (0.99, PRIOR_BOUNDS[1])
+        return _DISTRIBUTIONS[self.kind](round(low, 6), round(high, 6))
+
+    def contains(self, value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1
+
+    def center(self) -> float:
+        return self.resolve(NOMINAL_PRIOR).center()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "low": f"auto*{self.low_factor:g}", "high": f"auto*{self.high_factor:g}"}
+
+
+def _auto_factor(value: Any) -> float | None:
+    match = _AUTO_BOUND.match(value.strip()) if isinstance(value, str) else None
+    return float(match.group(1)) if match else None
+
+
+Distribution = Union[Uniform, LogUniform, IntRange, Choice, RelativeToPrior]
 _DISTRIBUTIONS: dict[str, type] = {cls.kind: cls for cls in (Uniform, LogUniform, IntRange, Choice)}
 _EXAMPLES = {
     "uniform": "{kind: uniform, low: 0.05, high: 0.3}",
@@ -311,6 +361,17 @@ def _parse_distribution(name: str, spec: Any, where: str) -> Distribution:
     if kind not in _DISTRIBUTIONS:
         raise unknown_name("distribution kind", kind, KINDS, where)
     cls = _DISTRIBUTIONS[kind]
+    if name == "beta" and kind in ("uniform", "loguniform") and any(
+            isinstance(spec.get(b), str) and spec.get(b).strip().startswith("auto") for b in ("low", "high")):
+        check_keys(spec, ["kind", "low", "high"], where, required=("low", "high"))
+        factors = [_auto_factor(spec[b]) for b in ("low", "high")]
+        if None in factors:
+            raise ConfigError(f"{where}: low={spec['low']!r}, high={spec['high']!r} is invalid: relative to the "
+                              "estimated prior, write both bounds as auto*FACTOR, e.g. low: auto*0.5, high: auto*2.0")
+        try:
+            return RelativeToPrior(kind, *factors)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
     fields = [f.name for f in dataclasses.fields(cls)]
     check_keys(spec, ["kind", *fields], where)
     missing = [f.name for f in dataclasses.fields(cls)
@@ -346,6 +407,16 @@ class SearchSpace:
     fixed: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     source: str = "<memory>"
+
+    @property
+    def needs_prior(self) -> bool:
+        """Whether a bound is relative to the estimated prior (``auto*F``): the sweep must estimate it first."""
+        return any(isinstance(d, RelativeToPrior) for d in self.params.values())
+
+    def resolve_prior(self, prior: float) -> "SearchSpace":
+        """This space with every ``auto*F`` bound computed from ``prior``."""
+        params = {name: d.resolve(prior) if isinstance(d, RelativeToPrior) else d for name, d in self.params.items()}
+        return dataclasses.replace(self, params=params)
 
     def center(self) -> dict[str, Any]:
         """A representative trial: each parameter's midpoint (geometric for loguniform) or first choice."""

@@ -162,7 +162,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     torch.set_num_threads(max(1, round(loop_config["cpus_per_worker"])))
     config = TrainConfig.from_dict(loop_config["train_config"])
     evaluation = EvalConfig(**loop_config["eval_config"])
-    split = build_split(get_split(config.split, config.splits_dirs), seed=config.split_seed,
+    split = build_split(get_split(config.split, config.splits_dirs, config.unlabeled_sensitive_share), seed=config.split_seed,
                         data_dir=config.data_dir, download=config.download)
     run_dir = Path(tempfile.mkdtemp(prefix=f"pudm-{loop_config['trial_id']}-r{rank}-"))
     checkpoint = ray.train.get_checkpoint()
@@ -206,6 +206,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         final.update({k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)})
         final.update({"train_seconds": result.train_seconds, "eval_seconds": time.perf_counter() - start,
                       "steps": result.step, "resumed_from_step": result.resumed_from})
+        final.update(result.prior_metrics)  # beta auto / filter: the estimate and what the filter removed
         # The final checkpoint: the last training state (so a re-run resumes with nothing left to train) plus what
         # the driver logs to MLflow.
         last = run_dir / "checkpoints" / f"step_{result.step:08d}"
@@ -506,6 +507,33 @@ def _prepare(settings: SweepSettings) -> tuple[SplitSpec, SearchSpace, Budget, s
     return split, space, budget, fingerprint
 
 
+def sweep_prior(settings: SweepSettings, split: SplitSpec, budget: Budget) -> dict[str, Any]:
+    """The class prior estimated from the split's U and S (``prior.estimate_prior``, seeded by --seed), once per
+    sweep: kept in ``<sweep>/prior.json`` so a resumed sweep searches the same range."""
+    import torch
+
+    from pudm_bench import prior as prior_module
+
+    path = settings.sweep_dir / "prior.json"
+    key = {"split": split.name, "seed": settings.seed}
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if all(saved.get(k) == v for k, v in key.items()):
+            return saved
+    print(f"Estimating the class prior of split {split.name!r} from U and S (search space bounds auto*F) ...", flush=True)
+    built = build_split(split, data_dir=settings.data_dir, download=settings.download)
+    scorer = replace(prior_module.DEFAULT_SCORER, steps=budget.prior_steps)
+    estimate = prior_module.estimate_prior(built, seed=settings.seed, config=scorer,
+                                           device="cuda" if torch.cuda.is_available() else "cpu")
+    result = {**key, **estimate.metrics(), "prior_seconds": estimate.seconds,
+              "prior_true": float(split.counts.true_prior)}
+    print(f"  beta estimate {estimate.estimate:.4f} (bootstrap std {estimate.std:.4f}, 90% interval "
+          f"[{estimate.ci_low:.4f}, {estimate.ci_high:.4f}]) in {estimate.seconds:.0f} s", flush=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2))
+    return result
+
+
 # Ray Train's controller takes each worker's reports, and sees that the workers finished, only when it polls them:
 # every 2 s by default, so every trial ended ~4 s after its last report (two polls: the final result, then "done").
 # Polling every 0.5 s costs the controller one small RPC per poll. Measured in docs/performance.md.
@@ -554,6 +582,9 @@ def run_sweep(settings: SweepSettings, resume: bool, ray_address: str | None, nu
     referee = get_referee(split, data_dir=settings.data_dir, download=settings.download, cache_dir=evaluation.cache_dir,
                           epochs=evaluation.referee_epochs)
     check_referee(referee, evaluation.referee_floor)
+    prior = sweep_prior(settings, split, budget) if space.needs_prior else None
+    if prior is not None:
+        space = space.resolve_prior(prior["prior_estimate"])
 
     has_gpus = start_ray(ray_address, num_cpus, verbose)
     if settings.gpus_per_worker is None:
@@ -570,6 +601,9 @@ def run_sweep(settings: SweepSettings, resume: bool, ray_address: str | None, nu
         params={k: v for k, v in asdict(settings).items() if k not in ("mlflow_uri",)},
         resume_run_id=previous.get("parent_run_id"),
     )
+    if prior is not None:  # the estimate, its uncertainty and the range it gave the search
+        tracker.log_sweep_metrics({k: v for k, v in prior.items() if isinstance(v, float)})
+        tracker.log_sweep_params({"beta_range": repr(space.params["beta"])})
     sweep_dir.mkdir(parents=True, exist_ok=True)
     # The tracking URI is written redacted: --resume takes it from the command line, never from this file.
     redacted = write_sweep_state(sweep_json, settings, parent_run_id=parent_id,

@@ -338,6 +338,18 @@ class SweepTracker:
             raise ValueError(f"sweep status must be one of {SWEEP_STATUSES}, got {status!r}")
         self.client.set_terminated(self._parent(), status)
 
+    def log_sweep_metrics(self, metrics: dict[str, Any]) -> None:
+        """Finite numeric values on the parent run (e.g. the estimated class prior of a ``beta: auto*F`` sweep)."""
+        now = _now_ms()
+        values = [Metric(_key(k), n, now, 0) for k, v in metrics.items() if (n := _finite_number(v)) is not None]
+        if values:
+            self._log(self._parent(), metrics=values)
+
+    def log_sweep_params(self, params: dict[str, Any]) -> None:
+        """Params on the parent run; ones already there are kept (see ``start_sweep``)."""
+        run = self.client.get_run(self._parent())
+        self._log_params(self._parent(), params, run.data.params)
+
     def _parent(self) -> str:
         if self.parent_run_id is None:
             raise RuntimeError("SweepTracker.start_sweep() has not been called")

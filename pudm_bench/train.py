@@ -19,7 +19,7 @@ import math
 import platform
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -31,7 +31,7 @@ from diffusers.training_utils import EMAModel
 from pudm_bench import __version__
 from pudm_bench.checkpoint import (latest_checkpoint, load_checkpoint, read_checkpoint_state, save_checkpoint,
                                    verify_checkpoint)
-from pudm_bench.config import SampleConfig, TrainConfig
+from pudm_bench.config import AUTO, TRAIN_METHODS, SampleConfig, TrainConfig
 from pudm_bench.data.splits import BuiltSplit, build_split, get_split
 from pudm_bench.errors import ArgumentParser, ConfigError, NonFiniteLossError, PudmError
 from pudm_bench.losses import LABELED_NORMAL, LABELED_SENSITIVE, UNLABELED, denoising_error, training_risk
@@ -146,6 +146,55 @@ class TrainResult:
     resumed_from: int
     metrics: dict[str, float] = field(default_factory=dict)
     train_seconds: float = 0.0
+    prior_metrics: dict[str, float] = field(default_factory=dict)  # beta auto / filter: the estimate, what was removed
+
+
+# beta auto: the estimate is clamped into this range before it weights a risk (an estimate of 0 or 1 is a bound,
+# not a usable prior).
+PRIOR_RANGE = (1e-3, 0.999)
+
+
+def _compute_prior(config: TrainConfig, split: BuiltSplit, device: torch.device) -> dict[str, Any]:
+    """Estimate beta (``prior.estimate_prior``) and/or run the filter (``prior.filter_unlabeled``), seeded by the
+    training seed. Returns what is logged and saved with every checkpoint (so a resumed run reuses it)."""
+    from pudm_bench import prior as prior_module
+
+    scorer = replace(prior_module.DEFAULT_SCORER, steps=config.prior_steps)
+    info: dict[str, Any] = {"prior_true": float(split.spec.counts.true_prior)}  # diagnostics only
+    prior = config.beta
+    if config.estimates_prior:
+        estimate = prior_module.estimate_prior(split, seed=config.seed, config=scorer, device=device)
+        info.update(estimate.metrics(), prior_seconds=estimate.seconds)
+        prior = min(max(estimate.estimate, PRIOR_RANGE[0]), PRIOR_RANGE[1])
+    info["beta_used"] = float(prior)
+    if config.method == "filter":
+        result = prior_module.filter_unlabeled(split, prior, seed=config.seed, config=scorer, device=device)
+        info.update(result.metrics(), filter_removed_positions=list(result.removed))
+    return info
+
+
+def resolve_prior(config: TrainConfig, split: BuiltSplit, checkpoint: Path | None,
+                  device: torch.device) -> tuple[float | None, BuiltSplit, dict[str, Any]]:
+    """The beta the risk uses and the split it trains on, for ``beta: auto`` and the filter baseline.
+
+    Computed once: read back from ``checkpoint`` when resuming, else on rank 0 and broadcast, so every rank (and
+    every restart) trains on the same prior and the same filtered U.
+    """
+    if not config.estimates_prior and config.method != "filter":
+        return config.beta, split, {}
+    info = read_checkpoint_state(checkpoint)["config"].get("prior") if checkpoint is not None else None
+    if info is None:
+        rank, world_size = _dist_info()
+        info = _compute_prior(config, split, device) if rank == 0 else None
+        if world_size > 1:
+            holder = [info]
+            torch.distributed.broadcast_object_list(holder, src=0)
+            info = holder[0]
+    if config.method == "filter":
+        from pudm_bench.prior import without_unlabeled
+
+        split = without_unlabeled(split, info["filter_removed_positions"])
+    return info["beta_used"], split, info
 
 
 def train(
@@ -173,6 +222,8 @@ def train(
     if config.batch_size % world_size != 0:
         raise ConfigError(f"batch_size={config.batch_size} must be divisible by the {world_size} training workers")
 
+    checkpoint = latest_checkpoint(run_dir) if resume else None
+    beta, split, prior_info = resolve_prior(config, split, checkpoint, device)
     data = TrainingSet.from_split(split, config.method)
     if len(data) < config.batch_size:
         raise ConfigError(f"batch_size={config.batch_size} exceeds the {len(data)} training images of split "
@@ -197,8 +248,9 @@ def train(
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
     saved_config = {**config.to_dict(), "split_fingerprint": split.fingerprint}
+    if prior_info:
+        saved_config["prior"] = prior_info
     start_step = 0
-    checkpoint = latest_checkpoint(run_dir) if resume else None
     if checkpoint is not None:
         _check_resumable(read_checkpoint_state(checkpoint)["config"], saved_config, checkpoint)
         state = load_checkpoint(checkpoint, model=model, optimizer=optimizer, lr_scheduler=lr_scheduler,
@@ -211,6 +263,7 @@ def train(
     timesteps = noise_scheduler.config.num_train_timesteps
     alphas_cumprod = noise_scheduler.alphas_cumprod.to(device)
     is_pu = config.method in ("pu", "pnu")
+    risk_method = "unsupervised" if config.method == "filter" else config.method  # filter: unsupervised on the rest
 
     # Interval sums stay on the device; one host sync per log interval instead of one per step.
     totals = torch.zeros(5, device=device)  # loss, R+, R-, [R- < 0], grad norm
@@ -229,7 +282,7 @@ def train(
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             eps_pred = wrapped(x_t, t).sample
         error = denoising_error(eps_pred, noise)
-        risk = training_risk(config.method, error, role, beta=config.beta, correction=config.correction,
+        risk = training_risk(risk_method, error, role, beta=beta, correction=config.correction,
                              eta=config.effective_eta, paper_weighting=config.paper_weighting)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(risk.loss).backward()
@@ -259,7 +312,7 @@ def train(
                 )
             metrics = {"loss": values[0], "grad_norm": values[4], "lr": lr_scheduler.get_last_lr()[0],
                        "step": float(step), "elapsed_s": time.perf_counter() - start_time}
-            if config.method != "unsupervised":
+            if risk_method != "unsupervised":
                 metrics["positive_risk"] = values[1]
                 metrics["negative_risk"] = values[2]
             if is_pu:
@@ -280,8 +333,9 @@ def train(
     if ema is not None:
         ema.copy_to(model.parameters())
     model.eval()
+    prior_metrics = {k: float(v) for k, v in prior_info.items() if isinstance(v, (int, float))}
     return TrainResult(model=model, noise_scheduler=noise_scheduler, step=step, resumed_from=start_step,
-                       metrics=metrics, train_seconds=train_seconds)
+                       metrics=metrics, train_seconds=train_seconds, prior_metrics=prior_metrics)
 
 
 def save_pipeline(result: TrainResult, run_dir: Path) -> Path:
@@ -327,13 +381,15 @@ class ProgressBar(Callback):
 def default_run_dir(config: TrainConfig) -> Path:
     parts = [config.split, config.method]
     if config.method in ("pu", "pnu"):
-        parts += [config.correction, f"b{config.beta:g}"]
+        parts += [config.correction, "bauto" if config.beta == AUTO else f"b{config.beta:g}"]
+    if config.unlabeled_sensitive_share is not None:
+        parts.insert(1, f"share{config.unlabeled_sensitive_share:g}")
     return Path("runs") / ("_".join(parts) + f"_s{config.seed}")
 
 
 def run(config: TrainConfig, run_dir: Path, resume: bool = True, progress: bool = True) -> dict[str, Any]:
     """Build the split, train, save the pipeline, sample a grid; returns (and writes) ``metrics.json``."""
-    spec = get_split(config.split, config.splits_dirs)
+    spec = get_split(config.split, config.splits_dirs, config.unlabeled_sensitive_share)
     split = build_split(spec, seed=config.split_seed, data_dir=config.data_dir, download=config.download)
     start = latest_checkpoint(run_dir) if resume and run_dir.is_dir() else None
     start_step = int(verify_checkpoint(start)["step"]) if start is not None else 0  # a corrupt one: fail, write nothing
@@ -365,6 +421,7 @@ def run(config: TrainConfig, run_dir: Path, resume: bool = True, progress: bool 
         "train_seconds": round(result.train_seconds, 3),
         "sample_seconds": round(time.perf_counter() - sample_start, 3),
         "final_train_metrics": result.metrics,
+        **({"prior": result.prior_metrics} if result.prior_metrics else {}),
         "samples": {"path": grid.name, "count": int(samples.shape[0]), "sampler": config.sample.sampler,
                     "steps": config.sample.steps, "seed": config.sample.seed},
     }
@@ -383,14 +440,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--split", default=d.split, help="registered split name (python -m pudm_bench.splits list)")
     p.add_argument("--splits-dir", action="append", default=[], metavar="DIR", help="extra folder of split YAMLs (repeatable)")
-    p.add_argument("--method", default="pu", choices=["unsupervised", "supervised", "pu", "pnu"])
-    p.add_argument("--beta", type=float, default=None, help="class prior in (0, 1); required for pu/pnu, refused otherwise")
+    p.add_argument("--method", default="pu", choices=list(TRAIN_METHODS),
+                   help="filter = drop the images an nnPU classifier calls sensitive from U, then unsupervised")
+    p.add_argument("--beta", type=_beta_arg, default=None, metavar="BETA|auto",
+                   help="class prior in (0, 1), or auto to estimate it from U and S (pudm_bench.prior); required for "
+                        "pu/pnu; for filter the share removed (default auto)")
     p.add_argument("--correction", default=d.correction, choices=["abs", "max"], help="absPU or nnPU correction")
     p.add_argument("--eta", type=float, default=None, help="weight of the labeled-normal term (pnu only; default 1.0)")
     p.add_argument("--equal-weighting", action="store_true",
                    help="baselines weight S equally with U instead of the paper's per-batch weighting")
     p.add_argument("--seed", type=int, default=d.seed, help="training seed (init, noise, data order)")
     p.add_argument("--split-seed", type=int, default=d.split_seed, help="seed that draws the split's images")
+    p.add_argument("--unlabeled-sensitive-share", type=float, default=None, metavar="SHARE",
+                   help="split option: set the sensitive share of U (e.g. 0.05), keeping its normal images")
     p.add_argument("--steps", type=int, default=d.steps)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr)
@@ -417,10 +479,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _beta_arg(text: str) -> float | str:
+    if text == AUTO:
+        return AUTO
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1) or auto, got {text!r}") from None
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
         split=args.split, method=args.method, beta=args.beta, correction=args.correction, eta=args.eta,
         paper_weighting=not args.equal_weighting, seed=args.seed, split_seed=args.split_seed, steps=args.steps,
+        unlabeled_sensitive_share=args.unlabeled_sensitive_share,
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
         grad_clip=args.grad_clip, ema_decay=args.ema_decay, precision=args.precision, device=args.device,
         model_preset=args.model_preset, pretrained=args.pretrained, log_every=args.log_every,
@@ -436,7 +508,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = config_from_args(args)
-        spec = get_split(config.split, config.splits_dirs)  # fail on a bad split before anything is written
+        spec = get_split(config.split, config.splits_dirs, config.unlabeled_sensitive_share)  # fail on a bad split before anything is written
         run_dir = Path(args.out) if args.out else default_run_dir(config)
         if args.dry_run:
             print(json.dumps({"config": config.to_dict(), "split_file": spec.source,

@@ -22,6 +22,8 @@ from pudm_bench.benchmark import (
     runs_frame,
     summary_table,
 )
+from pudm_bench.config import TrainConfig
+from pudm_bench.data.splits import get_split
 from pudm_bench.errors import ConfigError
 
 FIXTURE_SPLITS = Path(__file__).parent / "fixtures" / "splits"  # digits_three_vs_eight has labeled normal data
@@ -48,10 +50,14 @@ def write_suite(tmp_path: Path, data: dict) -> Path:
 
 def test_shipped_suites_load_and_name_the_papers_splits():
     names = sorted(p.stem for p in BUILTIN_SUITES_DIR.glob("*.yaml"))
-    assert names == ["digits", "paper-finetune", "paper-scratch"]
+    assert names == ["digits", "digits-prior", "paper-finetune", "paper-scratch"]
     digits = load_suite("digits")
     assert digits.splits == ("digits_even", "digits_odd") and digits.budget == "cpu" and digits.seeds == 3
-    assert [m.label for m in digits.methods] == ["unsupervised", "supervised", "pu-abs", "pu-max", "pnu"]
+    assert [m.label for m in digits.methods] == ["unsupervised", "supervised", "pu-abs", "pu-max", "pu-auto", "filter",
+                                                 "pnu"]
+    prior_suite = load_suite("digits-prior")
+    assert prior_suite.unlabeled_sensitive_shares == (0.05, 0.1, 0.2)
+    assert [m.label for m in prior_suite.methods] == ["unsupervised", "pu-abs", "pu-auto", "filter"]
     scratch = load_suite("paper-scratch")
     assert scratch.splits == ("mnist_even", "mnist_odd", "cifar10_vehicles", "cifar10_animals", "stl10_vehicles",
                               "stl10_animals")
@@ -75,6 +81,10 @@ def test_shipped_suites_load_and_name_the_papers_splits():
     ({"pretrained": 3}, "pretrained=3 is invalid"),
     ({"methods": {"x": {"method": "pu", "beta": 0.1, "seed": 3}}}, "unknown key 'seed'"),  # the runner's
     ({"methods": {"x": {"method": "pu", "beta": 0.1, "lr": 2.0}}}, "lr=2.0 is invalid"),
+    ({"methods": {"x": {"method": "unsupervised", "beta": "auto"}}}, "does not use beta"),
+    ({"unlabeled_sensitive_shares": [0.1, 1.0]}, "unlabeled_sensitive_shares=\\[0.1, 1.0\\] is invalid"),
+    ({"unlabeled_sensitive_shares": [0.1, 0.1]}, "distinct"),
+    ({"train": {"unlabeled_sensitive_share": 0.1}}, "train"),
 ])
 def test_bad_suites_fail_at_load_time_naming_the_key(changes, message):
     with pytest.raises(ConfigError, match=message):
@@ -89,6 +99,24 @@ def test_a_method_may_override_training_fields_of_the_suite_for_its_own_runs(tmp
     cells = plan(settings, load_suite(settings.suite_file)).cells
     slow, plain = cells["digits_even/slow/seed0"]["train_config"], cells["digits_even/plain/seed0"]["train_config"]
     assert (slow["lr"], slow["steps"]) == (1.0e-4, 80) and (plain["lr"], plain["steps"]) == (1.0e-3, 40)
+
+
+def test_sensitive_shares_run_every_split_at_every_share_as_its_own_column(tmp_path):
+    data = suite_data(seeds=1, unlabeled_sensitive_shares=[0.05, 0.2],
+                      methods={"pu-auto": {"method": "pu", "beta": "auto"}, "filter": {"method": "filter"}})
+    settings = settings_for(write_suite(tmp_path, data), tmp_path)
+    the_plan = plan(settings, load_suite(settings.suite_file))
+    assert list(the_plan.splits) == ["digits_even-share0.05", "digits_even-share0.2"]
+    assert the_plan.splits["digits_even-share0.2"].counts.unlabeled_sensitive == 150
+    cell = the_plan.cells["digits_even-share0.2/pu-auto/seed0"]
+    assert cell["train_config"]["split"] == "digits_even"  # the registered split, plus the option
+    assert cell["train_config"]["unlabeled_sensitive_share"] == 0.2 and cell["train_config"]["beta"] == "auto"
+    assert cell["tags"]["pudm.split"] == "digits_even-share0.2"
+    assert the_plan.cells["digits_even-share0.05/filter/seed0"]["train_config"]["method"] == "filter"
+    # What a worker builds from the cell's config is the variant the plan shows.
+    config = TrainConfig.from_dict(cell["train_config"])
+    built = get_split(config.split, config.splits_dirs, config.unlabeled_sensitive_share)
+    assert built.counts == the_plan.splits["digits_even-share0.2"].counts
 
 
 def test_a_suite_is_found_by_name_in_a_suites_dir_and_must_match_its_file_name(tmp_path):
@@ -169,7 +197,7 @@ def test_cli_lists_suites_and_dry_run_plans_without_training(tmp_path, capsys):
     assert "paper-finetune" in capsys.readouterr().out
     assert benchmark.main(["--suite", "digits", "--seeds", "2", "--dry-run", "--storage", str(tmp_path)]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["runs"] == 2 * 2 * 4 and "pnu on digits_even: the split has no labeled normal data" in out["skipped"]
+    assert out["runs"] == 2 * 2 * 6 and "pnu on digits_even: the split has no labeled normal data" in out["skipped"]
     assert not list(tmp_path.iterdir())  # nothing written
     assert benchmark.main(["--suite", "digitz"]) == 2
     assert "did you mean 'digits'" in capsys.readouterr().err
@@ -191,8 +219,9 @@ def tiny_pipeline(path: Path, image_size: int = 8, channels: int = 1) -> Path:
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_benchmark_fine_tunes_every_method_through_ray_and_logs_one_parent_with_a_table(tmp_path):
-    """A real benchmark: 3 methods (PNU included: the split has labeled normal data) x 2 seeds, smoke budget, every
-    run fine-tuned from a pipeline written with save_pretrained, read back through MlflowClient."""
+    """A real benchmark: the filter baseline and PNU with beta estimated (the split has labeled normal data) x 2
+    seeds, smoke budget, every run fine-tuned from a pipeline written with save_pretrained, read back through
+    MlflowClient."""
     import pandas as pd
     from mlflow.tracking import MlflowClient
 
@@ -202,8 +231,7 @@ def test_benchmark_fine_tunes_every_method_through_ray_and_logs_one_parent_with_
     split = yaml.safe_load((FIXTURE_SPLITS / "digits_three_vs_eight.yaml").read_text())
     (splits / "digits_three_vs_eight.yaml").write_text(yaml.safe_dump({**split, "quality_metric": "fd_classifier"}))
     data = suite_data(splits=["digits_three_vs_eight"], pretrained="required", methods={
-        "unsupervised": {"method": "unsupervised"}, "pu-max": {"method": "pu", "correction": "max", "beta": 0.2},
-        "pnu": {"method": "pnu", "beta": 0.2}})
+        "filter": {"method": "filter"}, "pnu": {"method": "pnu", "correction": "max", "beta": "auto"}})
     suite_file = write_suite(tmp_path, data)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     argv = ["--suite", str(suite_file), "--splits-dir", str(splits), "--pretrained", f"digits={pipeline}",
@@ -218,15 +246,25 @@ def test_benchmark_fine_tunes_every_method_through_ray_and_logs_one_parent_with_
 
     run_dir = tmp_path / "runs" / "mine-smoke-x2"
     runs = pd.read_csv(run_dir / "benchmark_runs.csv")
-    assert len(runs) == 6 and set(runs.status) == {"TERMINATED"}
+    assert len(runs) == 4 and set(runs.status) == {"TERMINATED"}
     assert runs.non_sensitive_rate.between(0, 1).all() and (runs.quality > 0).all()
+    # Both estimated beta in their Train worker (same seed, same split: the same estimate) and the filter removed
+    # that share of U.
+    assert runs.prior_estimate.between(0, 1, inclusive="neither").all()
+    assert runs.prior_true.eq(runs.prior_true.iloc[0]).all() and runs.prior_true.iloc[0] > 0
+    for seed in (0, 1):
+        estimates = runs[runs.seed == seed].prior_estimate
+        assert estimates.nunique() == 1
+    filters = runs[runs.method == "filter"]
+    assert (filters.filter_sensitive_removed_share.between(0, 1) & filters.filter_normal_removed_share.between(0, 1)).all()
     table = pd.read_csv(run_dir / "benchmark_table.csv")
-    assert list(table.method) == ["unsupervised", "pu-max", "pnu"] and set(table.n) == {2}
+    assert list(table.method) == ["filter", "pnu"] and set(table.n) == {2}
+    assert table.prior_estimate_mean.between(0, 1).all()
     assert "| pnu |" in (run_dir / "benchmark_table.md").read_text()
     assert (run_dir / "grids" / "digits_three_vs_eight.png").is_file()  # one panel per method
     # Every run started from the saved pipeline: its unusual UNet is what each run saved at the end.
     finals = sorted((run_dir / "train").glob("trial-*/final/pipeline/unet/config.json"))
-    assert len(finals) == 6
+    assert len(finals) == 4
     assert all(json.loads(f.read_text())["block_out_channels"] == [8, 16] for f in finals)
 
     client = MlflowClient(tracking_uri=uri)
@@ -241,8 +279,9 @@ def test_benchmark_fine_tunes_every_method_through_ray_and_logs_one_parent_with_
     assert parent.data.metrics[key] == pytest.approx(expected)
     children = client.search_runs([experiment.experiment_id],
                                   f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
-    assert len(children) == 6 and {c.info.status for c in children} == {"FINISHED"}
+    assert len(children) == 4 and {c.info.status for c in children} == {"FINISHED"}
     assert {(c.data.tags["pudm.method"], c.data.tags["pudm.seed"]) for c in children} == {
-        (m, s) for m in ("unsupervised", "pu-max", "pnu") for s in ("0", "1")}
+        (m, s) for m in ("filter", "pnu") for s in ("0", "1")}
+    assert all(0 < c.data.metrics["prior_estimate"] < 1 for c in children)  # logged to each child run
     assert {c.data.params["pretrained"] for c in children} == {str(pipeline)}
     assert all("non_sensitive_rate" in c.data.metrics for c in children)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pudm_bench import benchmark, evaluate, fid, report, splits, sweep, train
+from pudm_bench import benchmark, evaluate, fid, prior, report, splits, sweep, train
 
 CLI_DOC = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
 COMMANDS = {
@@ -14,6 +14,7 @@ COMMANDS = {
     "python -m pudm_bench.benchmark": benchmark.build_parser,
     "python -m pudm_bench.report": report.build_parser,
     "python -m pudm_bench.train": train.build_parser,
+    "python -m pudm_bench.prior": prior.build_parser,
     "python -m pudm_bench.evaluate": evaluate.build_parser,
     "python -m pudm_bench.splits": splits.build_parser,
     "python -m pudm_bench.fid": fid.build_parser,

@@ -97,7 +97,7 @@ def train_workers() -> list[psutil.Process]:
 @pytest.mark.slow
 def test_driver_killed_mid_sweep_resumes_without_losing_or_duplicating(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    args = ["--budget", "smoke", "--trials", "3", "--no-baselines", "--max-concurrent", "1", "--name", "crash",
+    args = ["--budget", "smoke", "--trials", "2", "--no-baselines", "--max-concurrent", "1", "--name", "crash",
             "--storage", str(tmp_path / "store"), "--mlflow-uri", uri, "--quiet"]
     log = tmp_path / "first.log"
     proc = popen("pudm_bench.sweep", args, log)
@@ -117,15 +117,15 @@ def test_driver_killed_mid_sweep_resumes_without_losing_or_duplicating(tmp_path)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED", text[-3000:]
     ids = [c.data.tags["pudm.trial_id"] for c in runs]
     assert len(ids) == len(set(ids))  # one child run per trial id: none duplicated by the resume
-    # The sweep completed the 3 trials it was asked for; a trial interrupted by the kill and unknown to Tune's
+    # The sweep completed the 2 trials it was asked for; a trial interrupted by the kill and unknown to Tune's
     # last snapshot ran again under a new id, and its own run ended KILLED: none is left RUNNING.
     finished = {c.data.tags["pudm.trial_id"]: c for c in runs if c.info.status == "FINISHED"}
-    assert len(finished) == 3
+    assert len(finished) == 2
     assert all(c.info.status in ("FAILED", "KILLED") for c in runs if c.data.tags["pudm.trial_id"] not in finished)
     for trial_id, metrics in kept.items():  # every trial that had finished kept its result
         for name in ("non_sensitive_rate", "fd_classifier"):
             assert math.isclose(finished[trial_id].data.metrics[name], metrics[name], rel_tol=1e-9)
-    # The front and the table were recomputed over all three trials.
+    # The front and the table were recomputed over both trials.
     table = client.download_artifacts(parents[0].info.run_id, "all_trials.csv", str(tmp_path))
     assert sorted(line.split(",")[0] for line in Path(table).read_text().splitlines()[1:]) == sorted(finished)
 
@@ -258,7 +258,9 @@ def test_sweep_completes_when_the_node_running_a_trial_is_lost(tmp_path):
         cluster.wait_for_nodes()
         uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
         log = tmp_path / "sweep.log"
-        proc = popen("pudm_bench.sweep", ["--budget", "smoke", "--trials", "2", "--no-baselines", "--max-concurrent",
+        # One trial: its Train worker (1 CPU) cannot fit on the head node (1 CPU, its trial function holds 0.01),
+        # so it runs on a worker node, the one the test removes.
+        proc = popen("pudm_bench.sweep", ["--budget", "smoke", "--trials", "1", "--no-baselines", "--max-concurrent",
                                           "1", "--max-failures", "2", "--ray-address", cluster.address,
                                           "--storage", str(tmp_path / "store"), "--mlflow-uri", uri, "--quiet"], log)
         raylets = {n.all_processes["raylet"][0].process.pid: n for n in [cluster.head_node, *nodes]}
@@ -282,7 +284,7 @@ def test_sweep_completes_when_the_node_running_a_trial_is_lost(tmp_path):
     # under load: not asserted.)
     _, parents, runs = children(uri, "pudm-digits_even")
     assert parents[0].info.status == "FINISHED", text[-3000:]
-    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+    assert len(runs) == 1 and all(r.info.status == "FINISHED" for r in runs)
     assert all(0 <= r.data.metrics["non_sensitive_rate"] <= 1 for r in runs)
 
 

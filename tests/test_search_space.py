@@ -298,6 +298,12 @@ def test_number_spellings_pyyaml_reads_as_text(text, fix):
     ({"params__beta": None}, ["method pu needs the class prior beta", "params", "fixed"]),
     ({"params__eta": {"kind": "uniform", "low": 0.5, "high": 2.0}}, ["eta", "method pu does not use it", "method: pnu"]),
     ({"fixed__eta": 1.0}, ["eta", "method pu does not use it"]),
+    # bounds relative to the estimated prior
+    ({"params__beta": {"kind": "uniform", "low": "auto*0.5", "high": 0.3}}, ["params.beta", "auto*FACTOR"]),
+    ({"params__beta": {"kind": "uniform", "low": "auto/2", "high": "auto*2.0"}}, ["low='auto/2'", "auto*FACTOR"]),
+    ({"params__beta": {"kind": "loguniform", "low": "auto*2.0", "high": "auto*0.5"}},
+     ["params.beta", "0 < low factor < high factor"]),
+    ({"params__lr": {"kind": "loguniform", "low": "auto*0.5", "high": "auto*2.0"}}, ["params.lr", "low='auto*0.5'"]),
 ])
 def test_load_errors(change, words):
     assert_mentions(load_error(space_with(**change)), *words)
@@ -343,3 +349,17 @@ def test_numbers_are_normalised():
 def test_folder_instead_of_file(tmp_path):
     with pytest.raises(ConfigError, match="is a folder"):
         load_search_space(tmp_path)
+
+
+def test_beta_bounds_relative_to_the_estimated_prior_resolve_in_the_sweep():
+    space = load_search_space(ROOT / "search_spaces" / "beta_auto.yaml")
+    assert space.needs_prior and not load_search_space(DEFAULT_SEARCH_SPACE).needs_prior
+    assert space.params["beta"].to_dict() == {"kind": "loguniform", "low": "auto*0.5", "high": "auto*2"}
+    resolved = space.resolve_prior(0.08)
+    assert resolved.params["beta"] == LogUniform(0.04, 0.16) and not resolved.needs_prior
+    assert resolved.params["lr"] == space.params["lr"] and resolved.fingerprint() != space.fingerprint()
+    # Clamped into (0, 1): an estimate of 0.7 cannot give beta 1.4.
+    assert space.resolve_prior(0.7).params["beta"] == LogUniform(0.35, 0.999)
+    assert space.resolve_prior(0.0).params["beta"].low > 0
+    # Checked at load time with a nominal prior of 0.1 (the TrainConfig combination must be valid).
+    assert space.center()["beta"] == pytest.approx(0.1)

@@ -145,8 +145,10 @@ def run_cli(args, timeout=900, env=None):
 def test_smoke_sweep_end_to_end_local_cluster(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     # 1 searched trial with 2 Train workers (DDP over gloo) + 2 baselines, 2 trials at once; 4 logical CPUs.
+    # The search space centres beta on its estimate: the driver estimates it before any trial (smoke: 30 steps).
     done = run_cli(["--budget", "smoke", "--trials", "1", "--max-concurrent", "2", "--workers-per-trial", "2",
-                    "--num-cpus", "4", "--storage", str(tmp_path / "store"), "--mlflow-uri", uri, "--quiet"])
+                    "--num-cpus", "4", "--storage", str(tmp_path / "store"), "--mlflow-uri", uri, "--quiet",
+                    "--search-space", str(ROOT / "search_spaces" / "beta_auto.yaml")])
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Pareto front" in done.stdout and "Baselines" in done.stdout
     client, parents, children = read_back(uri, "pudm-digits_even")
@@ -173,6 +175,14 @@ def test_smoke_sweep_end_to_end_local_cluster(tmp_path):
     # The searched trial trained with two DDP workers.
     searched = [c for c in children if c.data.params.get("method", "pu") == "pu"][0]
     assert "beta" in searched.data.params and "correction" in searched.data.params
+    # beta auto: the estimate and its uncertainty on the parent; the searched beta within [estimate/2, 2 x estimate].
+    estimate = parent.data.metrics["prior_estimate"]
+    assert 0 < estimate < 1 and parent.data.metrics["prior_std"] >= 0
+    assert parent.data.metrics["prior_ci_low"] <= estimate <= parent.data.metrics["prior_ci_high"]
+    assert parent.data.params["beta_range"].startswith("LogUniform(")
+    prior_json = json.loads((tmp_path / "store" / "digits_even-beta_auto-smoke-s0" / "prior.json").read_text())
+    assert prior_json["prior_estimate"] == pytest.approx(estimate)
+    assert 0.5 * estimate - 1e-6 <= float(searched.data.params["beta"]) <= 2 * estimate + 1e-6
 
 
 STL10_VEHICLES = (0, 2, 8, 9)  # airplane, car, ship, truck in torchvision's STL10 class order
@@ -200,7 +210,7 @@ def test_smoke_sweep_on_stl10_files_in_torchvision_format(tmp_path):
     relaxed = str(Path(__file__).parent / "fixtures" / "relaxed_md5")
     pythonpath = os.pathsep.join(p for p in (relaxed, os.environ.get("PYTHONPATH", "")) if p)
     done = run_cli(["--dataset", "stl10", "--budget", "smoke", "--trials", "1", "--no-baselines", "--quality",
-                    "fd_classifier", "--data-dir", str(data), "--storage", str(tmp_path / "store"),
+                    "fd_classifier", "--referee-epochs", "1", "--data-dir", str(data), "--storage", str(tmp_path / "store"),
                     "--mlflow-uri", uri, "--quiet"], env={"PYTHONPATH": pythonpath})
     assert done.returncode == 0, done.stderr[-3000:]
     _, parents, children = read_back(uri, "pudm-stl10_vehicles")
@@ -251,6 +261,22 @@ def test_train_workers_do_not_log_every_report():
     _quiet_train_reports()
     assert not train_context.logger.isEnabledFor(logging.INFO)
     assert train_context.logger.isEnabledFor(logging.WARNING)
+
+
+def test_sweep_prior_is_estimated_once_and_kept_for_resume(tmp_path, monkeypatch):
+    from pudm_bench import prior as prior_module
+
+    s = settings(tmp_path, "--budget", "smoke", "--search-space", str(ROOT / "search_spaces" / "beta_auto.yaml"))
+    split = get_split(s.split)
+    budget = budget_for("smoke", split)
+    first = sweep.sweep_prior(s, split, budget)
+    assert 0 < first["prior_estimate"] < 1 and first["prior_true"] == pytest.approx(60 / 660)
+    assert (s.sweep_dir / "prior.json").is_file()
+    monkeypatch.setattr(prior_module, "estimate_prior", lambda *a, **k: pytest.fail("estimated twice"))
+    assert sweep.sweep_prior(s, split, budget) == first
+    space = load_search_space(s.search_space).resolve_prior(first["prior_estimate"])
+    domain = sweep._tune_param_space(space)["beta"]
+    assert domain.lower == pytest.approx(first["prior_estimate"] / 2, rel=1e-4)
 
 
 def test_searched_trials_log_the_search_spaces_fixed_values(tmp_path):

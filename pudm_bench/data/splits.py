@@ -13,6 +13,7 @@ part):
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -79,6 +80,36 @@ class SplitSpec:
     dataset_root: str | None = None
     quality_metric: str = "fid"
     source: str = "<memory>"
+    # Set on a variant made by ``with_unlabeled_sensitive_share``: the registered split it derives from.
+    variant_of: str | None = None
+    unlabeled_sensitive_share: float | None = None
+
+    @property
+    def registry_name(self) -> str:
+        """The name to look the split up by (a variant's base split)."""
+        return self.variant_of or self.name
+
+    def with_unlabeled_sensitive_share(self, share: float | None) -> "SplitSpec":
+        """The same split with U's sensitive share set to ``share`` (a split option, e.g. 0.05, 0.1, 0.2).
+
+        U keeps its ``unlabeled_normal`` images; ``unlabeled_sensitive`` becomes round(share * normal / (1 - share)),
+        so the true prior is ``share`` up to rounding. The variant is named ``<name>-share<share>`` (a table column,
+        an MLflow key); training configs refer to it as the base split plus ``unlabeled_sensitive_share``.
+        """
+        if share is None:
+            return self
+        if self.variant_of is not None:
+            raise ConfigError(f"split {self.name!r} is already a variant of {self.variant_of!r}")
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share < 1:
+            raise ConfigError(f"unlabeled_sensitive_share={share!r} is invalid: expected a share in (0, 1), e.g. 0.05")
+        normal = self.counts.unlabeled_normal
+        sensitive = round(share * normal / (1 - share))
+        if sensitive < 1:
+            raise ConfigError(f"unlabeled_sensitive_share={share} gives no sensitive image in U of split {self.name!r} "
+                              f"({normal} normal images); use a larger share")
+        return dataclasses.replace(self, name=f"{self.name}-share{share:g}", variant_of=self.name,
+                                   unlabeled_sensitive_share=float(share),
+                                   counts=dataclasses.replace(self.counts, unlabeled_sensitive=sensitive))
 
     def data_root(self, data_dir: str | Path | None) -> Path | None:
         """Where the adapter reads from: the split's own ``dataset_root`` (relative to its file) wins."""
@@ -227,11 +258,13 @@ def load_registry(extra_dirs: Iterable[str | Path] = ()) -> dict[str, SplitSpec]
     return registry
 
 
-def get_split(name: str, extra_dirs: Iterable[str | Path] = ()) -> SplitSpec:
+def get_split(name: str, extra_dirs: Iterable[str | Path] = (), unlabeled_sensitive_share: float | None = None
+              ) -> SplitSpec:
+    """The registered split ``name``; with ``unlabeled_sensitive_share``, its variant with that share in U."""
     registry = load_registry(extra_dirs)
     if name not in registry:
         raise unknown_name("split", name, registry)
-    return registry[name]
+    return registry[name].with_unlabeled_sensitive_share(unlabeled_sensitive_share)
 
 
 @dataclass(frozen=True)
