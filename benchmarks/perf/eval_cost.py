@@ -59,7 +59,7 @@ def fid_inception():
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--samples", type=int, default=100, help="images per sampler")
+    p.add_argument("--samples", type=int, default=64, help="images per sampler")
     p.add_argument("--pipeline", default=None, help="DDPMPipeline folder to sample from (default: train one)")
     p.add_argument("--fid-images", type=int, default=32, help="images for the Inception throughput")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))

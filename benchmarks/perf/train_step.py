@@ -9,7 +9,7 @@
 Per-step times come from the training loop's own clock (``elapsed_s`` in its log callbacks), after a warm-up
 interval, so model construction and the final checkpoint are not counted.
 
-    python benchmarks/perf/train_step.py [--steps 30] [--repeats 3] [--out benchmarks/perf/results]
+    python benchmarks/perf/train_step.py [--steps 20] [--adamw] [--repeats 3] [--out benchmarks/perf/results]
 """
 
 from __future__ import annotations
@@ -99,9 +99,12 @@ def data_step(split: BuiltSplit, batch: int, steps: int) -> float:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--steps", type=int, default=30, help="timed steps per measurement (digits; a quarter at 32 px)")
+    p.add_argument("--steps", type=int, default=20, help="timed steps per measurement (digits; a quarter at 32 px)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved repeats; the median is reported")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--adamw", action="store_true",
+                   help="also compare AdamW's loop, foreach and fused kernels (the measurement behind the training "
+                        "loop's fused=True; not in run_all, to keep it under 10 minutes)")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     args = p.parse_args()
     if args.threads:
@@ -133,7 +136,7 @@ def main() -> int:
 
     # Which AdamW implementation the training loop should use: torch's default on CPU is the per-parameter loop.
     adamw_rows = []
-    for label, split, preset, batch, steps in cases:
+    for label, split, preset, batch, steps in (cases if args.adamw else []):
         warmup = max(3, steps // 5)
         times = interleaved({
             "loop": lambda: bare_step(split, preset, batch, steps, warmup, foreach=False),
@@ -143,7 +146,8 @@ def main() -> int:
         adamw_rows.append({"case": label, **{f"{k}_ms": 1e3 * v for k, v in times.items()},
                            "fused_vs_loop_x": times["fused"] / times["loop"],
                            "foreach_vs_loop_x": times["foreach"] / times["loop"]})
-    print_table("Bare step by AdamW implementation (median of interleaved repeats)", adamw_rows, list(adamw_rows[0]))
+    if adamw_rows:
+        print_table("Bare step by AdamW implementation (median of interleaved repeats)", adamw_rows, list(adamw_rows[0]))
     write_json(args.out, "train_step", {"args": vars(args), "rows": rows, "adamw": adamw_rows})
     return 0
 
