@@ -209,10 +209,10 @@ def estimate_prior(split: BuiltSplit, seed: int = 0, config: ScorerConfig | None
     start = time.perf_counter()
     device = torch.device(device)
     unlabeled, sensitive = split.unlabeled, split.labeled_sensitive
-    k = min(config.folds, len(sensitive))
+    k = min(config.folds, len(sensitive), len(unlabeled))
     if k < 2:
-        raise ConfigError(f"split {split.spec.name!r} has {len(sensitive)} labeled sensitive image(s); the prior "
-                          "estimator needs at least 2 (for held-out scores)")
+        raise ConfigError(f"split {split.spec.name!r} has {len(unlabeled)} unlabeled and {len(sensitive)} labeled "
+                          "sensitive image(s); the prior estimator needs at least 2 of each (for held-out scores)")
     rng = np.random.default_rng(seed)
     folds_u, folds_s = _folds(len(unlabeled), k, rng), _folds(len(sensitive), k, rng)
     u_scores, s_scores = [], []
