@@ -210,7 +210,7 @@ def test_smoke_sweep_on_stl10_files_in_torchvision_format(tmp_path):
     relaxed = str(Path(__file__).parent / "fixtures" / "relaxed_md5")
     pythonpath = os.pathsep.join(p for p in (relaxed, os.environ.get("PYTHONPATH", "")) if p)
     done = run_cli(["--dataset", "stl10", "--budget", "smoke", "--trials", "1", "--no-baselines", "--quality",
-                    "fd_classifier", "--referee-epochs", "1", "--data-dir", str(data), "--storage", str(tmp_path / "store"),
+                    "fd_classifier", "--data-dir", str(data), "--storage", str(tmp_path / "store"),
                     "--mlflow-uri", uri, "--quiet"], env={"PYTHONPATH": pythonpath})
     assert done.returncode == 0, done.stderr[-3000:]
     _, parents, children = read_back(uri, "pudm-stl10_vehicles")
