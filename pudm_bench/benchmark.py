@@ -52,6 +52,8 @@ RATE = "non_sensitive_rate"
 # Reported by runs that estimate beta (beta: auto) or filter U (method filter); "prior_true" is the split's truth.
 PRIOR_COLUMNS = ("prior_true", "prior_estimate", "prior_std", "beta_used", "filter_sensitive_removed_share",
                  "filter_normal_removed_share")
+# What the diversity table shows per split and method (diversity.py): normal-class coverage and precision/recall.
+DIVERSITY_COLUMNS = ("coverage_tv", "coverage_missing", "precision", "recall")
 
 
 @dataclass(frozen=True)
@@ -294,6 +296,8 @@ def runs_frame(outcomes: list[dict[str, Any]], the_plan: Plan):
             "train_seconds": result.get("train_seconds"), "eval_seconds": result.get("eval_seconds"),
             "error": outcome["error"],
             **{key: result.get(key, math.nan) for key in PRIOR_COLUMNS},
+            **{key: result.get(key, math.nan) if ok else math.nan for key in DIVERSITY_COLUMNS},
+            "coverage_missing_classes": result.get("coverage_missing_classes") if ok else None,
         })
     order = {cell_id: i for i, cell_id in enumerate(the_plan.cells)}
     frame = pd.DataFrame(rows)
@@ -324,8 +328,23 @@ def summary_table(runs, the_plan: Plan):
                 # Mean over finished runs of what the prior estimator and the filter did (NaN for other methods).
                 **{f"{key}_mean": done[key].mean() if len(done) and key in done else math.nan
                    for key in PRIOR_COLUMNS},
+                **{f"{key}_{stat}": (getattr(done[key], stat)(**({"ddof": 1} if stat == "std" else {}))
+                                     if len(done) > (stat == "std") and key in done else math.nan)
+                   for key in DIVERSITY_COLUMNS for stat in ("mean", "std")},
+                # Which normal classes were under half their share, in how many of the runs: "four (2/3), six (1/3)".
+                "coverage_missing_classes": _missing_counts(done),
             })
     return pd.DataFrame(rows)
+
+
+def _missing_counts(done) -> str:
+    if not len(done) or "coverage_missing_classes" not in done:
+        return ""
+    counts: dict[str, int] = {}
+    for text in done["coverage_missing_classes"].dropna():
+        for name in filter(None, (part.strip() for part in str(text).split(","))):
+            counts[name] = counts.get(name, 0) + 1
+    return ", ".join(f"{name} ({n}/{len(done)})" for name, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def _mean_std(mean: float, std: float, digits: int) -> str:
@@ -356,7 +375,29 @@ def markdown_table(table, the_plan: Plan) -> str:
     notes = [f"Mean ± sample standard deviation over {seeds} training seed(s); (k/n): only k of n runs finished."]
     if the_plan.skipped:
         notes.append("—: not run (" + "; ".join(sorted({f"{m} on {s}: {why}" for s, m, why in the_plan.skipped})) + ").")
-    return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
+    return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n" + diversity_table(table, the_plan)
+
+
+def diversity_table(table, the_plan: Plan) -> str:
+    """Per split: one row per method with the normal-class coverage (TV, classes under half their share) and
+    precision/recall, so that a rate won by dropping normal classes shows. Empty when no run measured them."""
+    if not len(table) or "precision_mean" not in table or table["precision_mean"].isna().all():
+        return ""
+    out = ["", "Normal-class coverage (TV ↓, classes under half their share: in how many runs) and precision ↑ / "
+               "recall ↑ (Kynkäänniemi et al., 2019; per-class referee features):", ""]
+    for split in the_plan.splits.values():
+        rows = table[table.split == split.name]
+        if not len(rows) or rows["precision_mean"].isna().all():
+            continue
+        out += [f"**{split.name}**", "", "| method | coverage TV ↓ | under half their share | precision ↑ | recall ↑ |",
+                "|---|---|---|---|---|"]
+        for r in rows.itertuples():
+            tv = _mean_std(r.coverage_tv_mean, r.coverage_tv_std, 3) if math.isfinite(r.coverage_tv_mean) else "—"
+            out.append(f"| {r.method} | {tv} | {r.coverage_missing_classes or 'none'} | "
+                       f"{_mean_std(r.precision_mean, r.precision_std, 3)} | {_mean_std(r.recall_mean, r.recall_std, 3)} |")
+        out.append("")
+    return "\n".join(out)
+
 
 
 def write_sample_grids(runs, run_dir: Path) -> list[Path]:
@@ -396,7 +437,9 @@ def table_metrics(table) -> dict[str, float]:
     out = {}
     for r in table.itertuples():
         for name, value in (("non_sensitive_rate_mean", r.rate_mean), ("non_sensitive_rate_std", r.rate_std),
-                            (f"{r.quality_metric}_mean", r.quality_mean), (f"{r.quality_metric}_std", r.quality_std)):
+                            (f"{r.quality_metric}_mean", r.quality_mean), (f"{r.quality_metric}_std", r.quality_std),
+                            *((f"{k}_{stat}", getattr(r, f"{k}_{stat}", math.nan))
+                              for k in DIVERSITY_COLUMNS for stat in ("mean", "std"))):
             out[f"{r.split}/{r.method}/{name}"] = value
     return out
 
@@ -408,7 +451,7 @@ def table_metrics(table) -> dict[str, float]:
 def run_benchmark(settings: BenchmarkSettings, resume: bool = False, ray_address: str | None = None,
                   num_cpus: int | None = None, verbose: int = 1) -> dict[str, Any]:
     from pudm_bench import sweep, tracking
-    from pudm_bench.referee import check_referee, get_referee
+    from pudm_bench.referee import check_referee, get_class_referee, get_referee
 
     suite = load_suite(settings.suite_file)
     the_plan = plan(settings, suite)
@@ -429,6 +472,8 @@ def run_benchmark(settings: BenchmarkSettings, resume: bool = False, ray_address
         referee = get_referee(split, data_dir=settings.data_dir, download=settings.download,
                               cache_dir=run_dir / "cache", epochs=settings.referee_epochs or budget.referee_epochs)
         check_referee(referee, settings.referee_floor)
+        get_class_referee(split, data_dir=settings.data_dir, download=settings.download, cache_dir=run_dir / "cache",
+                          epochs=settings.referee_epochs or budget.referee_epochs)  # coverage: trained once, here
         if split.quality_metric == "fid":
             from pudm_bench.fid import resolve_fid_weights
 

@@ -9,6 +9,10 @@ written by ``pudm_bench.train`` and writes ``DIR/eval.json``.
 - fid: Fréchet distance of Inception pool3 features (pytorch-fid) to the split's normal test images (``fid.py``).
 - fd_classifier: the same Fréchet distance in the referee's penultimate features; cheap on a CPU, so it is the
   quality objective of the digits splits, where Inception features of 8x8 images mean little.
+- coverage_tv, coverage_kl, coverage_missing (``diversity.py``): how the samples called normal spread over the
+  split's normal classes (per-class referee) against the normal test set, so that a model cannot win the rate by
+  dropping normal classes unseen; precision and recall (Kynkäänniemi et al., 2019) in the per-class referee's
+  features (the binary referee's where a split has one normal class), and in Inception's when FID is computed.
 """
 
 from __future__ import annotations
@@ -36,12 +40,14 @@ if TYPE_CHECKING:
 # controllers), and those imports cost seconds of CPU per process.
 
 FID_CHOICES = ("auto", "on", "off")
+DIVERSITY_CHOICES = ("auto", "off")
 
 
 @dataclass(frozen=True)
 class EvalConfig:
     """How to score a model. ``fid``: auto = compute Inception FID when weights are found (or when it is the
-    quality objective, which then requires them); on = required; off = never."""
+    quality objective, which then requires them); on = required; off = never. ``diversity``: auto = normal-class
+    coverage (splits with two or more normal classes) and precision/recall; off = neither."""
 
     num_samples: int = 500
     sampler: str = "ddim"
@@ -56,6 +62,8 @@ class EvalConfig:
     referee_floor: float = 0.9
     referee_epochs: int | None = None
     cache_dir: str | None = None
+    diversity: str = "auto"
+    pr_neighbours: int = 3
 
     def __post_init__(self) -> None:
         if self.num_samples < 2:
@@ -68,6 +76,11 @@ class EvalConfig:
             raise ConfigError(f"fid={self.fid!r} is invalid: expected one of {', '.join(FID_CHOICES)}")
         if not 0.0 <= self.referee_floor <= 1.0:
             raise ConfigError(f"referee_floor={self.referee_floor} is invalid: expected a number in [0, 1]")
+        if self.diversity not in DIVERSITY_CHOICES:
+            raise ConfigError(f"diversity={self.diversity!r} is invalid: expected one of {', '.join(DIVERSITY_CHOICES)}")
+        if self.pr_neighbours < 1 or self.pr_neighbours >= self.num_samples:
+            raise ConfigError(f"pr_neighbours={self.pr_neighbours} is invalid: expected an integer in [1, "
+                              f"num_samples={self.num_samples})")
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
@@ -94,9 +107,12 @@ def normal_rate(logits: torch.Tensor) -> tuple[float, int]:
 
 
 def score_images(samples: torch.Tensor, split: BuiltSplit, config: EvalConfig, referee: Referee,
-                 device: torch.device | str = "cpu") -> dict[str, Any]:
-    """All metrics of generated uint8 images against the split (the part shared by models and tests)."""
-    from pudm_bench.fid import fid as inception_fid
+                 device: torch.device | str = "cpu", class_referee: Referee | None = None) -> dict[str, Any]:
+    """All metrics of generated uint8 images against the split (the part shared by models and tests).
+
+    ``class_referee``: the split's per-class referee (``referee.get_class_referee``), for the coverage metrics and
+    the feature space of precision/recall; without it (or with ``diversity="off"``) there is no coverage.
+    """
     from pudm_bench.fid import frechet_distance, resolve_fid_weights
 
     quality = config.quality_metric or split.spec.quality_metric
@@ -120,6 +136,9 @@ def score_images(samples: torch.Tensor, split: BuiltSplit, config: EvalConfig, r
         "quality_metric": quality,
     }
     metrics["fd_classifier"] = frechet_distance(sample_features.double().numpy(), normal_features.double().numpy())
+    if config.diversity != "off":
+        metrics.update(diversity_metrics(samples, sample_logits.argmax(1) == 0, split, config, class_referee,
+                                         (sample_features, normal_features)))
     metrics["referee_seconds"] = round(time.perf_counter() - start, 3)
     want_fid = config.fid == "on" or quality == "fid"
     if want_fid or config.fid == "auto":
@@ -130,16 +149,61 @@ def score_images(samples: torch.Tensor, split: BuiltSplit, config: EvalConfig, r
                 raise
             weights = None
         if weights is not None:
-            start = time.perf_counter()
-            metrics["fid"] = inception_fid(
-                samples, split.normal_test, cache_key=f"{split.spec.name}-{split.fingerprint}-normal_test",
-                weights_path=weights, dims=config.fid_dims, cache_dir=config.cache_dir, device=device,
-            )
-            metrics["fid_dims"] = config.fid_dims
+            metrics.update(inception_metrics(samples, split, config, weights, device))
             metrics["fid_weights"] = provenance
-            metrics["fid_seconds"] = round(time.perf_counter() - start, 3)
     metrics["quality"] = metrics[quality]
     return metrics
+
+
+def diversity_metrics(samples: torch.Tensor, called_normal: torch.Tensor, split: BuiltSplit, config: EvalConfig,
+                      class_referee: Referee | None, binary_features: tuple[torch.Tensor, torch.Tensor]
+                      ) -> dict[str, Any]:
+    """Normal-class coverage of the samples called normal, and precision/recall against the normal test images
+    (``diversity.py``); ``binary_features``: the binary referee's (samples, normal test) features, the space of
+    precision/recall where the split has no per-class referee."""
+    from pudm_bench.diversity import class_coverage, precision_recall
+
+    out: dict[str, Any] = {}
+    if class_referee is not None:
+        class_logits, class_features = class_referee.logits_and_features(samples)
+        _, normal_features = class_referee.logits_and_features(split.normal_test)
+        out["class_referee_balanced_accuracy"] = class_referee.balanced_accuracy
+        if split.normal_test_labels is not None:
+            k = len(split.spec.normal_classes)  # the per-class referee lists the normal classes first
+            named = class_logits[called_normal, :k].argmax(1)
+            coverage = class_coverage(named, split.normal_test_labels, split.spec.normal_classes)
+            out.update(coverage.metrics())
+            out["coverage_per_class"] = coverage.rows()
+        space, features = "class_referee", (class_features, normal_features)
+    else:
+        space, features = "referee", binary_features
+    out["precision"], out["recall"] = precision_recall(features[1].numpy(), features[0].numpy(),
+                                                       k=config.pr_neighbours)
+    out["pr_feature_space"] = space
+    return out
+
+
+def inception_metrics(samples: torch.Tensor, split: BuiltSplit, config: EvalConfig, weights: Path,
+                      device: torch.device | str) -> dict[str, Any]:
+    """Inception FID to the normal test images and, unless diversity is off, precision/recall in its features;
+    one Inception pass over the samples serves both."""
+    from pudm_bench.diversity import precision_recall
+    from pudm_bench import fid as fid_module
+
+    start = time.perf_counter()
+    key = f"{split.spec.name}-{split.fingerprint}-normal_test"
+    model = fid_module.load_inception(weights, config.fid_dims, device)
+    generated = fid_module.inception_features(model, samples, device=device)
+    reference = fid_module.reference_statistics(split.normal_test, key, weights, config.fid_dims, config.cache_dir,
+                                                device=device, model=model)
+    out: dict[str, Any] = {"fid": fid_module.fid_from_features(generated, reference), "fid_dims": config.fid_dims}
+    if config.diversity != "off":
+        real = fid_module.reference_features(split.normal_test, key, weights, config.fid_dims, config.cache_dir,
+                                             device=device, model=model)
+        out["precision_inception"], out["recall_inception"] = precision_recall(real, generated,
+                                                                               k=config.pr_neighbours)
+    out["fid_seconds"] = round(time.perf_counter() - start, 3)
+    return out
 
 
 def evaluate_model(model, noise_scheduler, split: BuiltSplit, config: EvalConfig, data_dir: str | None = None,
@@ -147,12 +211,14 @@ def evaluate_model(model, noise_scheduler, split: BuiltSplit, config: EvalConfig
                    grid_path: str | Path | None = None) -> dict[str, Any]:
     """Sample ``config.num_samples`` images and score them (the function every sweep trial calls); with
     ``grid_path``, the first 64 of the scored samples are also saved as a PNG grid."""
-    from pudm_bench.referee import check_referee, get_referee
+    from pudm_bench.referee import check_referee, get_class_referee, get_referee
     from pudm_bench.sampling import sample_images, save_grid
 
     referee = get_referee(split.spec, data_dir=data_dir, download=download, cache_dir=config.cache_dir,
                           path=config.referee_path, epochs=config.referee_epochs)
     check_referee(referee, config.referee_floor)  # refuse before spending time on sampling
+    class_referee = None if config.diversity == "off" else get_class_referee(
+        split.spec, data_dir=data_dir, download=download, cache_dir=config.cache_dir, epochs=config.referee_epochs)
     device = device or next(model.parameters()).device
     start = time.perf_counter()
     samples = sample_images(model, noise_scheduler, num_images=config.num_samples, sampler=config.sampler,
@@ -161,7 +227,7 @@ def evaluate_model(model, noise_scheduler, split: BuiltSplit, config: EvalConfig
     sample_seconds = time.perf_counter() - start
     if grid_path is not None:
         save_grid(samples[:64], grid_path)
-    metrics = score_images(samples, split, config, referee, device=device)
+    metrics = score_images(samples, split, config, referee, device=device, class_referee=class_referee)
     metrics.update({"sample_seconds": round(sample_seconds, 3), "sampler": config.sampler,
                     "sample_steps": config.sample_steps, "split_fingerprint": split.fingerprint})
     return metrics
@@ -190,15 +256,25 @@ def evaluate_run(run_dir: str | Path, config: EvalConfig, device: str | None = N
                              grid_path=run_dir / "eval_samples.png")
     metrics["eval_config"] = asdict(config)
     (run_dir / "eval.json").write_text(json.dumps(metrics, indent=2))
+    if metrics.get("coverage_per_class"):
+        write_coverage_plot(metrics, run_dir / "eval_coverage.png", f"{spec.name}: normal classes of the samples")
     return metrics
+
+
+def write_coverage_plot(metrics: dict[str, Any], path: Path, title: str) -> None:
+    from pudm_bench.diversity import coverage_plot
+
+    fig = coverage_plot(metrics["coverage_per_class"], f"{title} (TV {metrics['coverage_tv']:.3f})")
+    fig.savefig(path, dpi=100)
 
 
 def build_parser() -> argparse.ArgumentParser:
     d = EvalConfig()
     p = ArgumentParser(
         prog="python -m pudm_bench.evaluate",
-        description="Score a trained run: non-sensitive rate (95% Wilson interval), fd_classifier and Inception "
-                    "FID; writes RUN/eval.json and a grid of the scored samples, RUN/eval_samples.png.",
+        description="Score a trained run: non-sensitive rate (95% Wilson interval), fd_classifier, Inception FID, "
+                    "normal-class coverage and precision/recall; writes RUN/eval.json, a grid of the scored samples "
+                    "(RUN/eval_samples.png) and the per-class coverage plot (RUN/eval_coverage.png).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--run", required=True, metavar="DIR", help="run directory written by python -m pudm_bench.train")
@@ -213,6 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--referee", default=None, metavar="PATH", help="use this referee checkpoint instead of the cached one")
     p.add_argument("--referee-floor", type=float, default=d.referee_floor, help="refuse to score below this held-out balanced accuracy")
     p.add_argument("--referee-epochs", type=int, default=None, help="epochs when the referee has to be trained")
+    p.add_argument("--diversity", default=d.diversity, choices=DIVERSITY_CHOICES,
+                   help="auto: normal-class coverage (splits with 2+ normal classes) and precision/recall")
     p.add_argument("--cache-dir", default=None, help="referee and FID-statistics cache (default $PUDM_BENCH_CACHE or ~/.cache/pudm_bench)")
     p.add_argument("--device", default=None, choices=["cpu", "cuda"])
     return p
@@ -225,12 +303,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                             sample_seed=args.sample_seed, quality_metric=args.quality, fid=args.fid,
                             fid_weights=args.fid_weights, fid_dims=args.fid_dims, referee_path=args.referee,
                             referee_floor=args.referee_floor, referee_epochs=args.referee_epochs,
-                            cache_dir=args.cache_dir)
+                            cache_dir=args.cache_dir, diversity=args.diversity)
         metrics = evaluate_run(args.run, config, device=args.device)
     except PudmError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    shown = {k: v for k, v in metrics.items() if k != "eval_config"}
+    shown = {k: v for k, v in metrics.items() if k not in ("eval_config", "coverage_per_class")}
     print(json.dumps(shown, indent=2))
     return 0
 

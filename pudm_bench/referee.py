@@ -21,7 +21,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +134,15 @@ class RefereeSpec:
             epochs=epochs if epochs is not None else (30 if split.dataset == "digits" else 10 if small else 15),
             min_steps=300 if small else 0,
         )
+
+    @classmethod
+    def per_class(cls, split: SplitSpec, epochs: int | None = None) -> "RefereeSpec":
+        """One output per class of the split, normal classes first (same architecture and training as the
+        binary referee): it names the normal class of a sample for the coverage metric, and its features, which
+        separate every class rather than only normal from sensitive, are the space of precision and recall."""
+        binary = cls.binary(split, epochs)
+        classes = tuple(split.normal_classes) + tuple(split.sensitive_classes)
+        return replace(binary, class_groups=tuple((name,) for name in classes))
 
     def key(self) -> str:
         payload = json.dumps(asdict(self), sort_keys=True, default=list)
@@ -299,7 +308,21 @@ def get_referee(split: SplitSpec, data_dir: str | Path | None = None, download: 
             raise ConfigError(f"referee {path} separates {referee.spec.class_groups}, not split {split.name!r}'s "
                               f"{expected}; use a referee trained for this split")
         return referee
-    spec = RefereeSpec.binary(split, epochs)
+    return cached_referee(RefereeSpec.binary(split, epochs), split, data_dir, download, cache_dir)
+
+
+def get_class_referee(split: SplitSpec, data_dir: str | Path | None = None, download: bool = False,
+                      cache_dir: str | Path | None = None, epochs: int | None = None) -> Referee | None:
+    """The split's per-class referee (``RefereeSpec.per_class``), cached like the binary one; None when the split
+    has a single normal class (CelebA male/female, a one-folder image split): there is no coverage to measure."""
+    if len(split.normal_classes) < 2:
+        return None
+    return cached_referee(RefereeSpec.per_class(split, epochs), split, data_dir, download, cache_dir)
+
+
+def cached_referee(spec: RefereeSpec, split: SplitSpec, data_dir: str | Path | None, download: bool,
+                   cache_dir: str | Path | None) -> Referee:
+    """The referee ``spec`` from the cache, else trained now (once, under a file lock) and cached."""
     stem = Path(cache_dir or default_cache_dir()) / "referees" / spec.key()
     stem.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(stem) + ".lock"):

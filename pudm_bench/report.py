@@ -30,12 +30,23 @@ TABLE_COLUMNS = ["trial_id", "method", "beta", "correction", "lr", "status", RAT
 COMPARE_COLUMNS = ["trial_id", "method", "beta", "lr", RATE, QUALITY]
 
 
-def searched_front(trials: pd.DataFrame) -> pd.DataFrame:
-    """The searched trials on the front of the searched trials, best non-sensitive rate first."""
+DIVERSITY_SHOWN = ["coverage_tv", "coverage_missing_classes", "precision", "recall"]
+
+
+def searched_front(trials: pd.DataFrame, extra: Sequence[tuple[str, str]] = ()) -> pd.DataFrame:
+    """The searched trials on the front of the searched trials (over the sweep's ``extra`` objectives too; trials
+    that break a constraint are ``excluded``), best non-sensitive rate first."""
     search = trials[trials["role"] != "baseline"]
     if search.empty:
         return search
-    return search[pareto_front(search, RATE, QUALITY)].sort_values(RATE, ascending=False)
+    return search[pareto_front(search, RATE, QUALITY, extra=extra)].sort_values(RATE, ascending=False)
+
+
+def _columns(trials: pd.DataFrame, base: list[str], extra: Sequence[tuple[str, str]]) -> list[str]:
+    """``base`` plus the further objectives and the diversity metrics the trials have."""
+    added = [m for m, _ in extra] + DIVERSITY_SHOWN
+    return base + [c for c in dict.fromkeys(added) if c in trials.columns and c not in base
+                   and trials[c].notna().any() and (trials[c] != "").any()]
 
 
 def sweep_hypervolume(trials: pd.DataFrame, reference: tuple[float, float]) -> float:
@@ -83,17 +94,26 @@ def report_sweep(uri: str, run_id: str) -> str:
     if reference is None or not all(math.isfinite(v) for v in reference):
         reference, ref_note = default_reference(trials), "0 and 1.1 x the worst quality of its trials"
     search = trials[trials["role"] != "baseline"]
+    extra = info.get("objectives") or []
+    columns = _columns(trials, TABLE_COLUMNS, extra)
+    directions = ", ".join([f"{RATE} up", f"{quality} down"] + [f"{m} {'up' if d == 'max' else 'down'}" for m, d in extra])
+    constraints = info.get("constraints") or []
     lines = [
         f"Sweep {info['sweep_name']!r} ({info['status']}), started {info['start_time']:%Y-%m-%d %H:%M} UTC",
         f"MLflow: {info['tracking_uri']}  experiment {info['experiment']!r}  run {info['run_id']}",
         "",
-        f"Pareto front ({RATE} up, {quality} down) of {len(search)} searched trials:",
-        _table(searched_front(trials), TABLE_COLUMNS, quality, "  (empty: no searched trial finished)"),
+        f"Pareto front ({directions}) of {len(search)} searched trials"
+        + (f", constraints {', '.join(constraints)}:" if constraints else ":"),
+        _table(searched_front(trials, extra), columns, quality, "  (empty: no searched trial finished)"),
     ]
     baselines = trials[trials["role"] == "baseline"]
     if len(baselines):
         lines += ["", "Baselines (same budget; on_front: not dominated by any trial):",
-                  _table(baselines, TABLE_COLUMNS + ["on_front"], quality, "")]
+                  _table(baselines, columns + ["on_front"], quality, "")]
+    infeasible = trials[~trials["feasible"].astype(bool) & (trials["status"] == "FINISHED")]
+    if len(infeasible):
+        lines += ["", "Trials that break a constraint (kept, not on the front):",
+                  _table(infeasible, columns + ["violations"], quality, "")]
     failed = trials[trials["status"] != "FINISHED"]
     if len(failed):
         lines += ["", "Trials without a result:", failed[["trial_id", "method", "status", "error"]].to_string(index=False)]

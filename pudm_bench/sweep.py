@@ -45,6 +45,7 @@ from pudm_bench.config import TrainConfig
 from pudm_bench.data.splits import QUALITY_METRICS, SplitSpec, build_split, get_split, load_registry
 from pudm_bench.errors import ArgumentParser, ConfigError, PudmError
 from pudm_bench.evaluate import EvalConfig
+from pudm_bench.pareto import DIVERSITY_METRICS, METRIC_DIRECTIONS, Constraint, parse_constraint
 from pudm_bench.search_space import DEFAULT_SEARCH_SPACE, SearchSpace, load_search_space
 
 BASELINE_METHODS = ("unsupervised", "supervised")
@@ -84,6 +85,19 @@ class SweepSettings:
     referee_floor: float = 0.9
     referee_epochs: int | None = None  # None: the budget's choice
     pretrained: str | None = None  # fine-tune every trial from this diffusers UNet/pipeline (folder or hub id)
+    # Objectives beyond (non_sensitive_rate, quality), each with its METRIC_DIRECTIONS direction, and constraints
+    # ("coverage_tv<=0.15"): trials that break one are kept, flagged and left off the front.
+    objectives: tuple[str, ...] = ()
+    constraints: tuple[str, ...] = ()
+
+    @property
+    def parsed_constraints(self) -> list[Constraint]:
+        return [parse_constraint(text, METRIC_DIRECTIONS) for text in self.constraints]
+
+    @property
+    def objective_directions(self) -> list[tuple[str, str]]:
+        """Every objective of the search with its direction, the two fixed ones first."""
+        return [(OBJECTIVE_RATE, "max"), (self.quality, "min")] + [(m, METRIC_DIRECTIONS[m]) for m in self.objectives]
 
     @property
     def sweep_dir(self) -> Path:
@@ -119,15 +133,18 @@ def trial_train_config(settings: SweepSettings, split: SplitSpec, space: SearchS
 
 
 def eval_config(settings: SweepSettings, budget: Budget) -> EvalConfig:
+    used = set(settings.objectives) | {c.metric for c in settings.parsed_constraints}
     return make_eval_config(budget, settings.quality, settings.seed, settings.referee_floor, settings.referee_epochs,
-                            settings.sweep_dir / "cache")
+                            settings.sweep_dir / "cache", inception=any(m.endswith("_inception") for m in used))
 
 
 def make_eval_config(budget: Budget, quality: str, seed: int, referee_floor: float, referee_epochs: int | None,
-                     cache_dir: Path) -> EvalConfig:
-    """How a trial is scored: the budget's sample count and sampler, samples seeded from the trial's seed."""
+                     cache_dir: Path, inception: bool = False) -> EvalConfig:
+    """How a trial is scored: the budget's sample count and sampler, samples seeded from the trial's seed;
+    Inception features (FID, and precision/recall in them when ``inception``) only when the search uses them."""
     return EvalConfig(num_samples=budget.num_samples, sampler=budget.sampler, sample_steps=budget.sample_steps,
-                      sample_seed=seed + 1234, quality_metric=quality, fid="on" if quality == "fid" else "off",
+                      sample_seed=seed + 1234, quality_metric=quality,
+                      fid="on" if quality == "fid" or inception else "off",
                       referee_floor=referee_floor, referee_epochs=referee_epochs or budget.referee_epochs,
                       cache_dir=str(cache_dir))
 
@@ -292,11 +309,13 @@ class BaselinesFirst(Searcher):
     """Suggests the baselines (same budget, nothing searched) first, then delegates to Optuna. Baseline results are
     never told to Optuna, so the study holds only searched trials."""
 
-    def __init__(self, inner: Searcher, baseline_configs: list[dict[str, Any]]) -> None:
+    def __init__(self, inner: Searcher, baseline_configs: list[dict[str, Any]],
+                 constraints: Sequence[Constraint] = ()) -> None:
         super().__init__(metric=inner.metric, mode=inner.mode)
         self.inner = inner
         self.pending = list(baseline_configs)
         self.baseline_trials: set[str] = set()
+        self.constraints = list(constraints)
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         return self.inner.set_search_properties(metric, mode, config, **spec)
@@ -312,8 +331,21 @@ class BaselinesFirst(Searcher):
             self.inner.on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
-        if trial_id not in self.baseline_trials:
-            self.inner.on_trial_complete(trial_id, result=result, error=error)
+        if trial_id in self.baseline_trials:
+            return
+        values = [(result or {}).get(m) for m in self.inner.metric]
+        if result and not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+            # A failed trial (NaN or missing objectives): told to Optuna as failed. Passed on, Optuna's tell() would
+            # refuse the values and leave the trial RUNNING in the study.
+            result, error = None, True
+        if result and self.constraints:
+            # Optuna's samplers read each trial's constraint values (<= 0: satisfied; Trial.set_constraint);
+            # Ray's OptunaSearch passes objectives only, so they go on the study's trial here, before tell().
+            ot_trial = getattr(self.inner, "_ot_trials", {}).get(trial_id)
+            if ot_trial is not None:
+                for constraint in self.constraints:
+                    ot_trial.set_constraint(str(constraint), constraint.violation(result.get(constraint.metric)))
+        self.inner.on_trial_complete(trial_id, result=result, error=error)
 
     # One file holds both states: Tune syncs and restores the searcher's checkpoint file by its own name only, so a
     # companion file (Optuna's state beside ours) was missing after a driver crash and the resume started over.
@@ -337,7 +369,9 @@ class BaselinesFirst(Searcher):
 
 
 def make_searcher(settings: SweepSettings, space: SearchSpace, budget: Budget) -> BaselinesFirst:
-    """Seeded Optuna multi-objective search (non-sensitive rate up, quality down) behind the baselines."""
+    """Seeded Optuna multi-objective search (non-sensitive rate up, quality down, plus ``--objective``s) behind the
+    baselines; with ``--constraint``s, each trial's constraint values go to Optuna (``Trial.set_constraint``), whose
+    samplers then prefer the feasible region (constrained TPE, NSGA-II's constrained domination, constrained GP)."""
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
@@ -348,10 +382,11 @@ def make_searcher(settings: SweepSettings, space: SearchSpace, budget: Budget) -
         sampler = optuna.samplers.NSGAIISampler(seed=settings.seed, population_size=max(4, min(20, settings.trials // 3)))
     else:
         sampler = optuna.samplers.GPSampler(seed=settings.seed)
-    optuna_search = OptunaSearch(metric=[OBJECTIVE_RATE, settings.quality], mode=["max", "min"], sampler=sampler)
+    objectives = settings.objective_directions
+    optuna_search = OptunaSearch(metric=[m for m, _ in objectives], mode=[d for _, d in objectives], sampler=sampler)
     baselines = [dict({k: None for k in space.params}, method=m, lr=budget.lr)
                  for m in (BASELINE_METHODS if settings.baselines else ())]
-    return BaselinesFirst(optuna_search, baselines)
+    return BaselinesFirst(optuna_search, baselines, settings.parsed_constraints)
 
 
 def _tune_param_space(space: SearchSpace) -> dict[str, Any]:
@@ -439,6 +474,11 @@ class TrackingCallback(tune.Callback):
         if path and Path(path).is_dir():
             files = [p for p in Path(path).iterdir() if p.name in ("samples.png", "eval.json", "train_config.json")]
             self.tracker.log_trial_artifacts(trial.trial_id, files)
+            scores = json.loads((Path(path) / "eval.json").read_text()) if (Path(path) / "eval.json").is_file() else {}
+            if scores.get("coverage_per_class"):
+                self.tracker.log_trial_coverage(trial.trial_id, scores["coverage_per_class"],
+                                                f"trial {trial.trial_id}: normal classes of the samples called normal "
+                                                f"(TV {scores['coverage_tv']:.3f})")
         self.tracker.end_trial(trial.trial_id, "FINISHED", None)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
@@ -482,11 +522,18 @@ def results_frame(trials, settings: SweepSettings, space: SearchSpace):
             "non_sensitive_rate_ci_low": result.get("non_sensitive_rate_ci_low"),
             "non_sensitive_rate_ci_high": result.get("non_sensitive_rate_ci_high"),
             "quality": quality if finite else math.nan, settings.quality: quality if finite else math.nan,
+            **{m: _number_or_nan(result.get(m)) if finite else math.nan
+               for m in dict.fromkeys(DIVERSITY_METRICS + settings.objectives)},
+            "coverage_missing_classes": result.get("coverage_missing_classes"),
             "referee_balanced_accuracy": result.get("referee_balanced_accuracy"),
             "train_seconds": result.get("train_seconds"), "eval_seconds": result.get("eval_seconds"),
             "excluded": not finite, "error": failed,
         })
     return pd.DataFrame(rows)
+
+
+def _number_or_nan(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
 
 
 def _prepare(settings: SweepSettings) -> tuple[SplitSpec, SearchSpace, Budget, str]:
@@ -500,7 +547,13 @@ def _prepare(settings: SweepSettings) -> tuple[SplitSpec, SearchSpace, Budget, s
         trial_train_config(settings, split, space, budget, params)  # raises ConfigError on a bad combination
     fingerprint = build_split(split, data_dir=settings.data_dir, download=settings.download).fingerprint  # data, counts
     tracking.check_tracking_reachable(settings.mlflow_uri)
-    if settings.quality == "fid":
+    used = list(settings.objectives) + [c.metric for c in settings.parsed_constraints]
+    coverage = [m for m in used if m.startswith("coverage_")]
+    if coverage and len(split.normal_classes) < 2:
+        raise ConfigError(f"{', '.join(coverage)}: split {split.name!r} has one normal class "
+                          f"({split.normal_classes[0]}), so there is no normal-class coverage to measure; use precision "
+                          "or recall instead")
+    if settings.quality == "fid" or any(m.endswith("_inception") for m in used):
         from pudm_bench.fid import resolve_fid_weights
 
         resolve_fid_weights(None)
@@ -573,8 +626,8 @@ def run_sweep(settings: SweepSettings, resume: bool, ray_address: str | None, nu
     sweep_json = sweep_dir / "sweep.json"
     _check_resume(settings, sweep_json, resume)
 
-    from pudm_bench.pareto import default_reference, hypervolume_2d, pareto_front
-    from pudm_bench.referee import check_referee, get_referee
+    from pudm_bench.pareto import apply_constraints, default_reference, hypervolume_2d, pareto_front
+    from pudm_bench.referee import check_referee, get_class_referee, get_referee
     from pudm_bench.tracking import SweepTracker, redact
 
     # The referee is trained (or read from the cache) once, here, and refused before any trial trains if weak.
@@ -582,6 +635,9 @@ def run_sweep(settings: SweepSettings, resume: bool, ray_address: str | None, nu
     referee = get_referee(split, data_dir=settings.data_dir, download=settings.download, cache_dir=evaluation.cache_dir,
                           epochs=evaluation.referee_epochs)
     check_referee(referee, evaluation.referee_floor)
+    if evaluation.diversity != "off":  # trained here once, not by the first trials at the same time
+        get_class_referee(split, data_dir=settings.data_dir, download=settings.download,
+                          cache_dir=evaluation.cache_dir, epochs=evaluation.referee_epochs)
     prior = sweep_prior(settings, split, budget) if space.needs_prior else None
     if prior is not None:
         space = space.resolve_prior(prior["prior_estimate"])
@@ -597,7 +653,9 @@ def run_sweep(settings: SweepSettings, resume: bool, ray_address: str | None, nu
         tags={"pudm.split": split.name, "pudm.dataset": split.dataset,
               "pudm.split_fingerprint": fingerprint,
               "pudm.search_space": Path(settings.search_space).name, "pudm.git_commit": _git_commit(),
-              "pudm.version": __version__, "pudm.quality": settings.quality, "pudm.budget": settings.budget},
+              "pudm.version": __version__, "pudm.quality": settings.quality, "pudm.budget": settings.budget,
+              **({"pudm.objectives": ",".join(settings.objectives)} if settings.objectives else {}),
+              **({"pudm.constraints": ";".join(settings.constraints)} if settings.constraints else {})},
         params={k: v for k, v in asdict(settings).items() if k not in ("mlflow_uri",)},
         resume_run_id=previous.get("parent_run_id"),
     )
@@ -638,15 +696,18 @@ def run_sweep(settings: SweepSettings, resume: bool, ray_address: str | None, nu
     wall = time.perf_counter() - start
 
     frame = results_frame(grid._experiment_analysis.trials, settings, space)
+    # The reference point before constraints: a sweep's hypervolume does not move with the constraints it used.
+    reference = default_reference(frame)
+    frame = apply_constraints(frame, settings.parsed_constraints)
     # The front is that of the searched trials; baselines are shown beside it, not part of it.
     is_search = frame.role == "search"
     frame["on_front"] = False
-    frame.loc[is_search, "on_front"] = pareto_front(frame[is_search], maximize=OBJECTIVE_RATE, minimize="quality")
-    reference = default_reference(frame)
+    frame.loc[is_search, "on_front"] = pareto_front(frame[is_search], maximize=OBJECTIVE_RATE, minimize="quality",
+                                                    extra=settings.objective_directions[2:])
     front_points = frame[frame.on_front]
     hv = hypervolume_2d(front_points[[OBJECTIVE_RATE, "quality"]].to_numpy(), reference)
     tracker.close_stale_trials(active_trial_ids=set())
-    tracker.log_pareto(frame, settings.quality, reference)
+    tracker.log_pareto(frame, settings.quality, reference, extra=settings.objective_directions[2:])
     failed = int((frame.status == "FAILED").sum())
     tracker.end_sweep("FINISHED" if failed < len(frame) else "FAILED")
     return {"frame": frame, "hypervolume": hv, "reference": reference, "wall_seconds": wall,
@@ -749,6 +810,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--search-space", default=None, metavar="FILE",
                    help="search-space YAML (default: search_spaces/default.yaml of this checkout)")
     p.add_argument("--quality", default=None, choices=QUALITY_METRICS, help="quality objective (default: the split's)")
+    p.add_argument("--objective", action="append", default=[], metavar="METRIC",
+                   help="a further objective (repeatable), with its own direction: "
+                        + ", ".join(f"{m} ({d})" for m, d in METRIC_DIRECTIONS.items()
+                                    if m not in (OBJECTIVE_RATE, *QUALITY_METRICS)))
+    p.add_argument("--constraint", action="append", default=[], metavar="EXPR",
+                   help="METRIC<=X or METRIC>=X (repeatable), e.g. coverage_tv<=0.15: trials that break one are kept, "
+                        "flagged and left off the Pareto front")
     p.add_argument("--trials", type=int, default=6, help="searched trials (baselines come on top)")
     p.add_argument("--budget", default="cpu", choices=BUDGETS, help="training length and evaluation size")
     p.add_argument("--seed", type=int, default=0, help="seeds the Optuna sampler and every trial")
@@ -815,6 +883,13 @@ def settings_from_args(args: argparse.Namespace) -> SweepSettings:
     check_execution_arguments(args)
     cpus, gpus = _cpus_per_worker(args), _gpus_per_worker(args)
     quality = args.quality or split.quality_metric
+    objectives = tuple(dict.fromkeys(check_objective(m, quality) for m in args.objective))
+    constraints = []
+    for text in args.constraint:
+        try:
+            constraints.append(str(parse_constraint(text, METRIC_DIRECTIONS)))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     name = args.name or f"{split.name}-{search_space.stem}-{args.budget}-s{args.seed}"
     return SweepSettings(
         split=split.name, splits_dirs=tuple(str(Path(d).resolve()) for d in args.splits_dir),
@@ -828,7 +903,20 @@ def settings_from_args(args: argparse.Namespace) -> SweepSettings:
         name=_safe_name(name), data_dir=str(Path(args.data_dir).resolve()) if args.data_dir else None,
         download=args.download, max_failures=args.max_failures, referee_floor=args.referee_floor,
         referee_epochs=args.referee_epochs, pretrained=pretrained_source(args.pretrained),
+        objectives=objectives, constraints=tuple(constraints),
     )
+
+
+def check_objective(metric: str, quality: str) -> str:
+    """An ``--objective``: a known metric that is not already one of the two fixed objectives."""
+    from pudm_bench.errors import unknown_name
+
+    if metric not in METRIC_DIRECTIONS:
+        raise unknown_name("--objective", metric, list(METRIC_DIRECTIONS))
+    if metric in (OBJECTIVE_RATE, quality):
+        raise ConfigError(f"--objective {metric}: it is already an objective of every sweep (non_sensitive_rate and "
+                          f"the quality, here {quality}); name another metric")
+    return metric
 
 
 def check_execution_arguments(args: argparse.Namespace) -> None:
@@ -909,17 +997,29 @@ def print_summary(outcome: dict[str, Any], settings: SweepSettings) -> None:
     frame = outcome["frame"]
     cols = ["trial_id", "role", "method", "beta", "correction", "lr", "status", OBJECTIVE_RATE,
             "non_sensitive_rate_ci_low", "non_sensitive_rate_ci_high", settings.quality]
+    # Diversity columns that this split has (coverage needs two normal classes), then any further objective.
+    cols += [c for c in dict.fromkeys(("coverage_tv", "coverage_missing_classes", "precision", "recall")
+                                      + settings.objectives)
+             if c in frame.columns and frame[c].notna().any() and c not in cols]
+    if settings.constraints:
+        cols.append("violations")
     front = frame[frame.on_front & (frame.role == "search")].sort_values(OBJECTIVE_RATE, ascending=False)
     baselines = frame[frame.role == "baseline"]
     failed = frame[frame.status == "FAILED"]
     import pandas as pd
 
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.4g}".format):
-        print(f"\nPareto front ({OBJECTIVE_RATE} up, {settings.quality} down) of {len(frame[frame.role == 'search'])} searched trials:")
+        directions = ", ".join(f"{m} {'up' if d == 'max' else 'down'}" for m, d in settings.objective_directions)
+        print(f"\nPareto front ({directions}) of {len(frame[frame.role == 'search'])} searched trials"
+              + (f", constraints {', '.join(settings.constraints)}:" if settings.constraints else ":"))
         print(front[cols].to_string(index=False) if len(front) else "  (empty: no searched trial finished)")
         if len(baselines):
             print("\nBaselines (same budget):")
             print(baselines[cols].to_string(index=False))
+        infeasible = frame[~frame["feasible"] & (frame.status != "FAILED")] if "feasible" in frame.columns else frame[:0]
+        if len(infeasible):
+            print("\nTrials that break a constraint (kept, not on the front):")
+            print(infeasible[cols].to_string(index=False))
         if len(failed):
             print("\nFailed trials:")
             print(failed[["trial_id", "method", "beta", "lr", "error"]].to_string(index=False))

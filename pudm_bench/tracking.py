@@ -11,7 +11,10 @@ Layout in the store (experiment ``pudm-<split>`` by default):
   ``n_failed`` and the artifacts ``pareto_front.json`` (an MLflow table), ``pareto_front.csv``,
   ``all_trials.csv`` and ``pareto.png``;
 - child runs: tags ``mlflow.parentRunId``, ``pudm.kind=trial``, ``pudm.trial_id`` (the key: a resumed trial gets
-  its old run back, never a second one), ``pudm.role``, ``pudm.error`` for failures; trial params; metrics.
+  its old run back, never a second one), ``pudm.role``, ``pudm.error`` for failures; trial params; metrics; the
+  per-class coverage as the table ``coverage.json`` and the plot ``coverage.png`` (splits with 2+ normal classes).
+- a sweep's further objectives and its constraints are the parent's tags ``pudm.objectives`` (comma-separated)
+  and ``pudm.constraints`` (";"-separated), so ``load_sweep`` recomputes the same front.
 
 Read back with ``list_sweeps`` and ``load_sweep`` (``python -m pudm_bench.report``).
 """
@@ -35,7 +38,8 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag, ViewType
 
 from pudm_bench.errors import ConfigError, unknown_name
-from pudm_bench.pareto import QUALITY, RATE, default_reference, hypervolume_2d, pareto_front, pareto_plot
+from pudm_bench.pareto import (DIVERSITY_METRICS, METRIC_DIRECTIONS, QUALITY, RATE, apply_constraints,
+                               default_reference, hypervolume_2d, pareto_front, pareto_plot, parse_constraint)
 
 TAG_KIND, TAG_SWEEP, TAG_TRIAL = "pudm.kind", "pudm.sweep_name", "pudm.trial_id"
 PARENT_KINDS = ("sweep", "benchmark")
@@ -43,14 +47,17 @@ PARENT_KINDS = ("sweep", "benchmark")
 # this tag our experiments open on the runs table, where the sweeps and their trials are.
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 TAG_ROLE, TAG_ERROR, TAG_QUALITY = "pudm.role", "pudm.error", "pudm.quality"
+TAG_MISSING_CLASSES = "pudm.coverage_missing_classes"  # a trial's normal classes under half their share
 TAG_PARENT = "mlflow.parentRunId"
+TAG_OBJECTIVES, TAG_CONSTRAINTS = "pudm.objectives", "pudm.constraints"  # a sweep's extra objectives, constraints
 TRIAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
 SWEEP_STATUSES = ("FINISHED", "FAILED", "KILLED")
 MAX_ERROR_CHARS = 5000
 QUALITY_COLUMNS = ("fid", "fd_classifier")
 TRIAL_COLUMNS = ("trial_id", "role", "method", "beta", "correction", "lr", "status", RATE,
                  "non_sensitive_rate_ci_low", "non_sensitive_rate_ci_high", QUALITY, "fid", "fd_classifier",
-                 "referee_balanced_accuracy", "on_front", "excluded", "error")
+                 *DIVERSITY_METRICS, "coverage_missing_classes", "referee_balanced_accuracy", "feasible",
+                 "violations", "on_front", "excluded", "error")
 
 # MLflow limits (mlflow.utils.validation) that the store enforces with an exception.
 _MAX_KEY, _MAX_PARAM_VALUE, _MAX_TAG_VALUE = 250, 6000, 8000
@@ -417,6 +424,24 @@ class SweepTracker:
             if Path(path).is_file():
                 self.client.log_artifact(run_id, str(path))
 
+    def log_trial_coverage(self, trial_id: str, rows: Sequence[dict[str, Any]], title: str) -> None:
+        """The per-class coverage histogram (``diversity.Coverage.rows``) as the MLflow table ``coverage.json``
+        and the bar plot ``coverage.png`` of the trial's run."""
+        from pudm_bench.diversity import coverage_plot
+
+        run_id = self._child(trial_id)
+        table = pd.DataFrame(list(rows))
+        existing = {f.path for f in self.client.list_artifacts(run_id)}
+        if "coverage.json" in existing:  # log_table appends to an existing file: overwrite instead (a resumed trial)
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "coverage.json"
+                _json_safe(table).to_json(path, orient="split", index=False, date_format="iso")
+                self.client.log_artifact(run_id, str(path))
+        else:
+            self.client.log_table(run_id, _json_safe(table), artifact_file="coverage.json")
+        self.client.log_figure(run_id, coverage_plot(rows, title), "coverage.png")
+        self._log(run_id, tags={TAG_MISSING_CLASSES: ", ".join(str(r["class"]) for r in rows if r["missing"])})
+
     def end_trial(self, trial_id: str, status: str, error: str | None = None) -> None:
         """Close the trial's run as FINISHED, FAILED or KILLED; ``error`` goes to the tag ``pudm.error`` (at most
         5000 characters)."""
@@ -443,14 +468,16 @@ class SweepTracker:
 
     # -- the front ------------------------------------------------------------------------------------------------
 
-    def log_pareto(self, df: pd.DataFrame, quality_name: str, reference: Sequence[float] | None = None) -> float:
+    def log_pareto(self, df: pd.DataFrame, quality_name: str, reference: Sequence[float] | None = None,
+                   extra: Sequence[tuple[str, str]] = ()) -> float:
         """Log the sweep's front on the parent run; returns the hypervolume.
 
         ``df``: one row per trial with ``non_sensitive_rate`` and ``quality`` (and ``role``, ``status``,
         ``excluded`` when known). The front and the hypervolume are those of the searched trials (``role`` !=
         "baseline"), against ``reference`` (default: ``pareto.default_reference(df)``). Calling it again (a resumed
         sweep) replaces the artifacts: ``pareto_front.json`` is written with ``log_table`` the first time and
-        overwritten in the same format afterwards, because ``log_table`` appends to an existing file.
+        overwritten in the same format afterwards, because ``log_table`` appends to an existing file. ``extra``:
+        the sweep's further (metric, direction) objectives, when ``df`` has no ``on_front`` column yet.
         """
         run_id = self._parent()
         df = df.reset_index(drop=True)
@@ -458,13 +485,18 @@ class SweepTracker:
             df[QUALITY] = df[quality_name]
         reference = tuple(float(v) for v in (reference if reference is not None else default_reference(df)))
         search = df[df["role"] != "baseline"] if "role" in df.columns else df
-        front = search[pareto_front(search, RATE, QUALITY)] if len(search) else search
+        front = search[pareto_front(search, RATE, QUALITY, extra=extra)] if len(search) else search
         hypervolume = hypervolume_2d(front[[RATE, QUALITY]].to_numpy(dtype=float), reference) if len(front) else 0.0
         all_trials = df.copy()
         if "on_front" not in all_trials.columns:
-            all_trials["on_front"] = pareto_front(all_trials, RATE, QUALITY)
-        # The objectives first: the MLflow UI's table view shows the leading columns without scrolling.
-        leading = [c for c in ("trial_id", RATE, quality_name, "beta", "correction", "lr", "method") if c in front.columns]
+            all_trials["on_front"] = pareto_front(all_trials, RATE, QUALITY, extra=extra)
+        # The objectives first: the MLflow UI's table view shows the leading columns without scrolling; then the
+        # diversity metrics the trials have (coverage needs two normal classes).
+        diversity = [c for c in DIVERSITY_METRICS + ("coverage_missing_classes",)
+                     if c in front.columns and front[c].notna().any()]
+        leading = [c for c in ("trial_id", RATE, quality_name, *[m for m, _ in extra], *diversity, "beta",
+                               "correction", "lr", "method") if c in front.columns]
+        leading = list(dict.fromkeys(leading))
         front = front[leading + [c for c in front.columns if c not in leading]]
         front_table = _json_safe(front.sort_values(RATE, ascending=False))
 
@@ -480,13 +512,15 @@ class SweepTracker:
             for name, table in (("pareto_front.csv", front), ("all_trials.csv", all_trials)):
                 table.to_csv(Path(tmp) / name, index=False)
                 self.client.log_artifact(run_id, str(Path(tmp) / name))
-        fig = pareto_plot(df, quality_name, f"{self.sweep_name or 'sweep'}: {len(df)} trials")
+        fig = pareto_plot(all_trials, quality_name, f"{self.sweep_name or 'sweep'}: {len(df)} trials")
         self.client.log_figure(run_id, fig, "pareto.png")
 
         failed = int(df["status"].isin(["FAILED", "ERROR"]).sum()) if "status" in df.columns else 0
         metrics = {"hypervolume": hypervolume, "hypervolume_ref_rate": reference[0],
                    "hypervolume_ref_quality": reference[1], "pareto_size": len(front), "n_trials": len(df),
                    "n_failed": failed}
+        if "feasible" in df.columns:
+            metrics["n_infeasible"] = int((~df["feasible"].astype(bool)).sum())
         now = _now_ms()
         finite = [Metric(k, float(v), now, 0) for k, v in metrics.items() if _finite_number(v) is not None]
         self._log(run_id, metrics=finite, tags={TAG_QUALITY: quality_name})
@@ -640,13 +674,18 @@ def load_sweep(uri: str | None, run_id: str) -> tuple[dict[str, Any], pd.DataFra
             "non_sensitive_rate_ci_high": metrics.get("non_sensitive_rate_ci_high", math.nan),
             QUALITY: metrics.get(quality, math.nan), "fid": metrics.get("fid", math.nan),
             "fd_classifier": metrics.get("fd_classifier", math.nan),
+            **{m: metrics.get(m, math.nan) for m in DIVERSITY_METRICS},
+            "coverage_missing_classes": ctags.get(TAG_MISSING_CLASSES),
             "referee_balanced_accuracy": metrics.get("referee_balanced_accuracy", math.nan),
             "error": ctags.get(TAG_ERROR),
         })
-    trials = pd.DataFrame(rows, columns=[c for c in TRIAL_COLUMNS if c not in ("on_front", "excluded")])
+    trials = pd.DataFrame(rows, columns=[c for c in TRIAL_COLUMNS
+                                         if c not in ("on_front", "excluded", "feasible", "violations")])
     finite = trials[RATE].astype(float).map(math.isfinite) & trials[QUALITY].astype(float).map(math.isfinite)
     trials["excluded"] = ~(finite & (trials["status"] == "FINISHED"))
-    trials["on_front"] = pareto_front(trials, RATE, QUALITY)
+    extra, constraints = sweep_objectives(tags)
+    trials = apply_constraints(trials, constraints)
+    trials["on_front"] = pareto_front(trials, RATE, QUALITY, extra=extra)
     trials = trials[list(TRIAL_COLUMNS)]
     m = run.data.metrics
     reference = ((m["hypervolume_ref_rate"], m["hypervolume_ref_quality"])
@@ -658,10 +697,24 @@ def load_sweep(uri: str | None, run_id: str) -> tuple[dict[str, Any], pd.DataFra
         "start_time": pd.to_datetime(run.info.start_time, unit="ms", utc=True),
         "end_time": pd.to_datetime(run.info.end_time, unit="ms", utc=True) if run.info.end_time else None,
         "quality": quality, "reference": reference, "hypervolume": m.get("hypervolume"),
+        "objectives": extra, "constraints": [str(c) for c in constraints],
         "tags": {k: v for k, v in tags.items() if not k.startswith("mlflow.")}, "params": dict(run.data.params),
         "metrics": dict(m), "artifact_uri": run.info.artifact_uri, "tracking_uri": redact(uri),
     }
     return info, trials
+
+
+def sweep_objectives(tags: dict[str, str]) -> tuple[list[tuple[str, str]], list]:
+    """A sweep's further objectives (metric, direction) and its constraints, from its parent run's tags."""
+    extra = [(m, METRIC_DIRECTIONS[m]) for m in (tags.get(TAG_OBJECTIVES) or "").split(",") if m in METRIC_DIRECTIONS]
+    constraints = []
+    for text in (tags.get(TAG_CONSTRAINTS) or "").split(";"):
+        if text.strip():
+            try:
+                constraints.append(parse_constraint(text, METRIC_DIRECTIONS))
+            except ValueError:  # a tag edited by hand: the front is shown without it rather than not at all
+                continue
+    return extra, constraints
 
 
 def _number(value: str | None) -> float:

@@ -21,6 +21,7 @@ from pudm_bench.benchmark import (
     plan,
     runs_frame,
     summary_table,
+    table_metrics,
 )
 from pudm_bench.config import TrainConfig
 from pudm_bench.data.splits import get_split
@@ -190,6 +191,36 @@ def test_table_reports_mean_and_sample_std_over_seeds_and_marks_missing_runs(tmp
     assert "| unsupervised | 0.950 ± 0.071 | 4.000 ± 1.414 |" in text
     assert "| pu-abs | 0.980 (1/2) | 1.500 (1/2) |" in text
     assert "digits_even non-sensitive ↑" in text and "digits_even fd_classifier ↓" in text
+    assert "Normal-class coverage" not in text  # no run measured it
+
+
+def test_diversity_table_shows_coverage_precision_recall_and_missing_classes(tmp_path):
+    settings = settings_for(write_suite(tmp_path, suite_data()), tmp_path)
+    the_plan = plan(settings, load_suite(settings.suite_file))
+    scores = {  # cell -> coverage_tv, missing classes, precision, recall
+        "digits_even/unsupervised/seed0": (0.05, "", 0.9, 0.8),
+        "digits_even/unsupervised/seed1": (0.07, "", 0.8, 0.9),
+        "digits_even/pu-abs/seed0": (0.40, "four, six", 0.95, 0.5),
+        "digits_even/pu-abs/seed1": (0.30, "six", 0.97, 0.6),
+    }
+    outcomes = []
+    for cell, (tv, missing, precision, recall) in scores.items():
+        outcome = _outcome(cell, 0.95, 2.0)
+        outcome["result"].update(coverage_tv=tv, coverage_missing=len([m for m in missing.split(",") if m]),
+                                 coverage_missing_classes=missing, precision=precision, recall=recall)
+        outcomes.append(outcome)
+    runs = runs_frame(outcomes, the_plan)
+    assert runs.set_index("trial_id").loc[outcomes[2]["trial_id"], "coverage_missing"] == 2
+    table = summary_table(runs, the_plan)
+    pu = table.set_index("method").loc["pu-abs"]
+    assert pu.coverage_tv_mean == pytest.approx(0.35) and pu.recall_std == pytest.approx(math.sqrt(0.005))
+    assert pu.coverage_missing_classes == "six (2/2), four (1/2)"
+    text = markdown_table(table, the_plan)
+    assert "Normal-class coverage" in text and "**digits_even**" in text
+    assert "| pu-abs | 0.350 ± 0.071 | six (2/2), four (1/2) | 0.960 ± 0.014 | 0.550 ± 0.071 |" in text
+    assert "| unsupervised | 0.060 ± 0.014 | none | 0.850 ± 0.071 | 0.850 ± 0.071 |" in text
+    metrics = table_metrics(table)
+    assert metrics["digits_even/pu-abs/coverage_tv_mean"] == pytest.approx(0.35)
 
 
 def test_cli_lists_suites_and_dry_run_plans_without_training(tmp_path, capsys):

@@ -93,3 +93,47 @@ def test_plot_highlights_the_searched_front_and_labels_baselines(trials):
 def test_plot_without_finished_trials():
     fig = pareto_plot(frame([("x", "search", "pu", math.nan, math.nan, True)]), "fid", "empty")
     assert "Pareto front" not in {c.get_label() for c in fig.axes[0].collections}
+
+
+def test_front_over_a_third_objective():
+    """b is dominated in (rate, quality) by a but has the best recall: with recall as a third objective it is on
+    the front; c is worse than a everywhere and stays off."""
+    df = pd.DataFrame({"non_sensitive_rate": [0.9, 0.8, 0.7], "quality": [1.0, 2.0, 3.0], "recall": [0.5, 0.9, 0.4]})
+    assert pareto_front(df).tolist() == [True, False, False]
+    assert pareto_front(df, extra=[("recall", "max")]).tolist() == [True, True, False]
+    assert pareto_front(df, extra=[("recall", "min")]).tolist() == [True, False, True]
+    df.loc[1, "recall"] = math.nan  # a missing objective: off the front
+    assert pareto_front(df, extra=[("recall", "max")]).tolist() == [True, False, False]
+    with pytest.raises(ValueError, match="direction"):
+        pareto_front(df, extra=[("recall", "up")])
+
+
+def test_constraints_parse_flag_and_exclude():
+    from pudm_bench.pareto import METRIC_DIRECTIONS, Constraint, apply_constraints, parse_constraint
+
+    tv = parse_constraint(" coverage_tv <= 0.15", METRIC_DIRECTIONS)
+    assert tv == Constraint("coverage_tv", "<=", 0.15) and str(tv) == "coverage_tv<=0.15"
+    recall = parse_constraint("recall>=0.5", METRIC_DIRECTIONS)
+    assert tv.violation(0.1) == pytest.approx(-0.05) and tv.violation(0.2) == pytest.approx(0.05)
+    assert recall.holds(0.5) and not recall.holds(0.4) and not recall.holds(math.nan) and not tv.holds(None)
+    for text, message in (("coverage_tv<0.1", "operator '<'"), ("tv<=0.1", "unknown metric 'tv'"),
+                          ("coverage_tv<=", "expected METRIC"), ("coverage_tv<=1.2.3", "not a number")):
+        with pytest.raises(ValueError, match=message):
+            parse_constraint(text, METRIC_DIRECTIONS)
+    df = pd.DataFrame({"trial_id": ["a", "b", "c", "d"], "non_sensitive_rate": [0.99, 0.9, 0.8, 0.95],
+                       "quality": [0.5, 1.0, 0.6, 0.7], "coverage_tv": [0.4, 0.1, 0.05, math.nan],
+                       "recall": [0.3, 0.8, 0.9, 0.9], "excluded": [False, False, False, False]})
+    flagged = apply_constraints(df, [tv, recall])
+    assert flagged.feasible.tolist() == [False, True, True, False]
+    assert flagged.violations.tolist() == ["coverage_tv<=0.15; recall>=0.5", "", "", "coverage_tv<=0.15"]
+    assert flagged.excluded.tolist() == [True, False, False, True] and len(flagged) == 4  # kept, flagged
+    # a dominated every other trial; now it breaks a constraint (d too), and b, c form the front.
+    assert pareto_front(df).tolist() == [True, False, False, False]
+    assert pareto_front(flagged).tolist() == [False, True, True, False]
+
+
+def test_plot_draws_constraint_breakers_apart(trials):
+    trials = trials.assign(feasible=[True] * len(trials), on_front=pareto_front(trials))
+    trials.loc[trials.trial_id == "f", ["feasible", "excluded"]] = [False, True]
+    labels = {t.get_text() for t in pareto_plot(trials, "fd_classifier", "t").axes[0].get_legend().get_texts()}
+    assert "breaks a constraint" in labels

@@ -315,3 +315,47 @@ def test_a_benchmark_parent_keeps_its_kind_when_resumed_and_is_not_listed_as_a_s
     assert len(list_sweeps(store, "pudm-kind-bench")) == 0
     with pytest.raises(ValueError, match="kind must be one of"):
         tracker.start_sweep("x", tags={}, params={}, kind="study")
+
+
+def test_trial_coverage_table_plot_and_missing_classes_tag(tmp_path):
+    from pudm_bench.diversity import class_coverage
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = SweepTracker(uri, "exp")
+    tracker.start_sweep("cov", tags={}, params={})
+    cov = class_coverage([0] * 30 + [2] * 10, [0, 1, 2] * 20, ("zero", "two", "four"))
+    tracker.log_trial_coverage("t0", cov.rows(), "t0")
+    tracker.log_trial_coverage("t0", cov.rows(), "t0")  # a resumed trial: replaced, not appended
+    client = MlflowClient(tracking_uri=uri)
+    run_id = tracker._child("t0")
+    assert {"coverage.json", "coverage.png"} <= {a.path for a in client.list_artifacts(run_id)}
+    table = json.loads(Path(client.download_artifacts(run_id, "coverage.json", str(tmp_path))).read_text())
+    assert [row[0] for row in table["data"]] == ["zero", "two", "four"]  # one row per class, once
+    assert client.get_run(run_id).data.tags["pudm.coverage_missing_classes"] == "two"
+
+
+def test_load_sweep_applies_the_sweeps_objectives_and_constraints(tmp_path):
+    """The parent's tags name a third objective and a constraint: the front read back is the sweep's own."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = SweepTracker(uri, "exp")
+    parent = tracker.start_sweep("c", tags={"pudm.quality": "fd_classifier", "pudm.objectives": "recall",
+                                            "pudm.constraints": "coverage_tv<=0.2"}, params={})
+    rows = [("t0", 0.95, 1.0, 0.5, 0.30), ("t1", 0.90, 2.0, 0.9, 0.10), ("t2", 0.80, 3.0, 0.4, 0.05)]
+    for tid, rate, q, recall, tv in rows:
+        tracker.trial_run(tid, params={"method": "pu"}, tags={"pudm.role": "search"})
+        tracker.log_trial_metrics(tid, {"non_sensitive_rate": rate, "fd_classifier": q, "recall": recall,
+                                        "coverage_tv": tv})
+        tracker.end_trial(tid, "FINISHED")
+    tracker.end_sweep("FINISHED")
+    info, trials = load_sweep(uri, parent)
+    assert info["objectives"] == [("recall", "max")] and info["constraints"] == ["coverage_tv<=0.2"]
+    trials = trials.set_index("trial_id")
+    assert trials.feasible.tolist() == [False, True, True]
+    assert trials.violations["t0"] == "coverage_tv<=0.2"
+    # t0 would dominate (rate, quality) but breaks the constraint; t2 is dominated by t1 on every objective.
+    assert trials.on_front.tolist() == [False, True, False]
+    from pudm_bench.report import report_sweep
+
+    text = report_sweep(uri, parent)
+    assert "recall up" in text and "constraints coverage_tv<=0.2" in text
+    assert "Trials that break a constraint" in text and "coverage_tv" in text

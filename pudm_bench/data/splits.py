@@ -281,6 +281,9 @@ class BuiltSplit:
     sensitive_test: torch.Tensor
     indices: Mapping[str, np.ndarray]
     fingerprint: str
+    # Class of each normal test image, as an index into spec.normal_classes: the reference distribution of the
+    # normal-class coverage (diversity.py). None where unknown (splits built by hand).
+    normal_test_labels: torch.Tensor | None = None
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -388,7 +391,16 @@ def build_split(spec: SplitSpec, seed: int = 0, data_dir: str | Path | None = No
         sensitive_test=read(parts.test, indices["sensitive_test"]),
         indices={**indices, "unlabeled": u_idx},
         fingerprint=split_fingerprint(spec, indices | {"unlabeled": u_idx}),
+        normal_test_labels=_normal_class_index(parts.test.labels[torch.from_numpy(indices["normal_test"])],
+                                               normal_ids),
     )
+
+
+def _normal_class_index(labels: torch.Tensor, normal_ids: list[int]) -> torch.Tensor:
+    """Dataset labels of normal images -> their position in the split's normal class list."""
+    lookup = torch.full((max(normal_ids, default=0) + 1,), -1, dtype=torch.long)
+    lookup[torch.tensor(normal_ids, dtype=torch.long)] = torch.arange(len(normal_ids))
+    return lookup[labels.long()]
 
 
 def split_fingerprint(spec: SplitSpec, indices: Mapping[str, np.ndarray]) -> str:
