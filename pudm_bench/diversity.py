@@ -172,7 +172,10 @@ def coverage_plot(rows: Sequence[dict[str, Any]], title: str):
     ax.bar(x - 0.2, expected, width=0.4, color="0.7", label="normal test images")
     colours = ["tab:red" if r["missing"] else "tab:blue" for r in rows]
     ax.bar(x + 0.2, observed, width=0.4, color=colours, label="samples called normal")
-    ax.plot([], [], linestyle="none", marker="s", color="tab:red", label=f"under {UNDER_SHARE:g} x its share")
+    missing = [i for i, r in enumerate(rows) if r["missing"]]
+    # A class with no sample at all has no bar to colour: a cross at zero marks it.
+    ax.plot(x[missing] + 0.2, [observed[i] for i in missing], linestyle="none", marker="x", markersize=9,
+            color="tab:red", label=f"under {UNDER_SHARE:g} x its share")
     ax.set_xticks(x, [str(r["class"]) for r in rows], rotation=30 if len(rows) > 6 else 0)
     ax.set_ylabel("share")
     ax.set_title(title, fontsize=10)

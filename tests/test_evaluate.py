@@ -106,7 +106,14 @@ def test_evaluate_cli_scores_a_trained_run(trained_run, digits_referee, capsys):
         assert np.isfinite(written[key]), key
     assert written["num_samples"] == 16 and written["eval_config"]["sample_steps"] == 3
     assert written["referee_balanced_accuracy"] == pytest.approx(digits_referee.balanced_accuracy)
-    assert json.loads(capsys.readouterr().out)["split_fingerprint"] == written["split_fingerprint"]
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["split_fingerprint"] == written["split_fingerprint"]
+    # Coverage over digits_even's five normal classes and precision/recall, with the per-class plot.
+    rows = written["coverage_per_class"]
+    assert [r["class"] for r in rows] == ["zero", "two", "four", "six", "eight"]
+    assert sum(r["sample_count"] for r in rows) == written["coverage_samples"] <= 16
+    assert 0.0 <= written["coverage_tv"] <= 1.0 and 0.0 <= written["recall"] <= 1.0
+    assert (trained_run / "eval_coverage.png").is_file() and "coverage_per_class" not in printed
 
 
 def test_evaluate_cli_errors_are_one_line(tmp_path, trained_run, capsys):
@@ -140,3 +147,10 @@ def test_fid_is_reported_when_weights_are_present(tmp_path, digits_referee, digi
     assert same["fid"] == pytest.approx(0.0, abs=1e-3) and other["fid"] > same["fid"] + 1e-3
     assert same["fid_dims"] == 64 and same["fid_weights"] == "pytorch-fid pt_inception-2015-12-05"
     assert same["quality"] == same["fd_classifier"]  # digits' objective stays fd_classifier
+    # Precision/recall in Inception's features too, from the same pass: a set against itself is 1/1, sensitive
+    # digits against normal ones lower; the reference features are cached beside the FID statistics.
+    assert same["precision_inception"] == 1.0 and same["recall_inception"] == 1.0
+    assert other["precision_inception"] < 1.0 or other["recall_inception"] < 1.0
+    assert len(list((tmp_path / "cache" / "fid_features").glob("*.npz"))) == 1
+    off = score_images(small.normal_test, small, dataclasses.replace(config, diversity="off"), digits_referee)
+    assert off["fid"] == pytest.approx(same["fid"]) and "precision_inception" not in off
