@@ -137,7 +137,9 @@ def report_compare(uri: str, run_a: str, run_b: str) -> str:
     if info_b["quality"] != quality:
         raise ConfigError(f"sweeps {run_a} and {run_b} score quality differently ({quality} vs {info_b['quality']}); "
                           "compare sweeps with the same quality metric")
-    reference = default_reference(pd.concat([trials_a, trials_b], ignore_index=True))
+    # Over every finished trial, constraints or not: as each sweep's own reference is taken before its constraints.
+    both = pd.concat([trials_a, trials_b], ignore_index=True)
+    reference = default_reference(both.assign(excluded=both["status"] != "FINISHED"))
     lines = [f"MLflow: {redact(uri)}"]
     split_a, split_b = info_a["tags"].get("pudm.split"), info_b["tags"].get("pudm.split")
     if split_a != split_b:
@@ -146,7 +148,8 @@ def report_compare(uri: str, run_a: str, run_b: str) -> str:
     for label, info, trials in (("A", info_a, trials_a), ("B", info_b, trials_b)):
         head = (f"{label}: {info['sweep_name']!r}  experiment {info['experiment']!r}  run {info['run_id']}\n"
                 f"front of {int((trials['role'] != 'baseline').sum())} searched trials:\n")
-        blocks[label] = (head + _table(searched_front(trials), COMPARE_COLUMNS, quality, "  (empty)"),
+        front = searched_front(trials, info.get("objectives") or [])
+        blocks[label] = (head + _table(front, COMPARE_COLUMNS, quality, "  (empty)"),
                          _table(trials[trials["role"] == "baseline"], COMPARE_COLUMNS, quality, "  (none)"))
     lines += ["", f"Pareto fronts ({RATE} up, {quality} down):", _side_by_side(blocks["A"][0], blocks["B"][0])]
     if len(trials_a[trials_a["role"] == "baseline"]) or len(trials_b[trials_b["role"] == "baseline"]):
