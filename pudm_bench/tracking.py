@@ -430,15 +430,7 @@ class SweepTracker:
         from pudm_bench.diversity import coverage_plot
 
         run_id = self._child(trial_id)
-        table = pd.DataFrame(list(rows))
-        existing = {f.path for f in self.client.list_artifacts(run_id)}
-        if "coverage.json" in existing:  # log_table appends to an existing file: overwrite instead (a resumed trial)
-            with tempfile.TemporaryDirectory() as tmp:
-                path = Path(tmp) / "coverage.json"
-                _json_safe(table).to_json(path, orient="split", index=False, date_format="iso")
-                self.client.log_artifact(run_id, str(path))
-        else:
-            self.client.log_table(run_id, _json_safe(table), artifact_file="coverage.json")
+        self._log_table(run_id, pd.DataFrame(list(rows)), "coverage.json")
         self.client.log_figure(run_id, coverage_plot(rows, title), "coverage.png")
         self._log(run_id, tags={TAG_MISSING_CLASSES: ", ".join(str(r["class"]) for r in rows if r["missing"])})
 
@@ -498,16 +490,7 @@ class SweepTracker:
                                "correction", "lr", "method") if c in front.columns]
         leading = list(dict.fromkeys(leading))
         front = front[leading + [c for c in front.columns if c not in leading]]
-        front_table = _json_safe(front.sort_values(RATE, ascending=False))
-
-        existing = {f.path for f in self.client.list_artifacts(run_id)}
-        if "pareto_front.json" in existing:
-            with tempfile.TemporaryDirectory() as tmp:  # same writer as MlflowClient.log_table
-                path = Path(tmp) / "pareto_front.json"
-                front_table.to_json(path, orient="split", index=False, date_format="iso")
-                self.client.log_artifact(run_id, str(path))
-        else:
-            self.client.log_table(run_id, front_table, artifact_file="pareto_front.json")
+        self._log_table(run_id, front.sort_values(RATE, ascending=False), "pareto_front.json")
         with tempfile.TemporaryDirectory() as tmp:
             for name, table in (("pareto_front.csv", front), ("all_trials.csv", all_trials)):
                 table.to_csv(Path(tmp) / name, index=False)
@@ -535,14 +518,8 @@ class SweepTracker:
         ``benchmark_table.md`` (the paper-style table) and the summary ``metrics`` (mean/std per split and
         method, for the runs-comparison view); ``figures`` go under ``grids/``."""
         run_id = self._parent()
-        existing = {f.path for f in self.client.list_artifacts(run_id)}
+        self._log_table(run_id, table, "benchmark_table.json")
         with tempfile.TemporaryDirectory() as tmp:
-            if "benchmark_table.json" in existing:  # log_table appends to an existing file: overwrite instead
-                path = Path(tmp) / "benchmark_table.json"
-                _json_safe(table).to_json(path, orient="split", index=False, date_format="iso")
-                self.client.log_artifact(run_id, str(path))
-            else:
-                self.client.log_table(run_id, _json_safe(table), artifact_file="benchmark_table.json")
             table.to_csv(Path(tmp) / "benchmark_table.csv", index=False)
             runs.to_csv(Path(tmp) / "benchmark_runs.csv", index=False)
             (Path(tmp) / "benchmark_table.md").write_text(markdown)
@@ -555,6 +532,18 @@ class SweepTracker:
                                    if _finite_number(v) is not None])
 
     # -- batching -------------------------------------------------------------------------------------------------
+
+    def _log_table(self, run_id: str, table: pd.DataFrame, name: str) -> None:
+        """``table`` as the MLflow table artifact ``name`` (the UI shows it as a table). ``log_table`` appends to an
+        existing file, so a second call (a resumed sweep or trial) writes the same format over it instead."""
+        table = _json_safe(table)
+        if name in {f.path for f in self.client.list_artifacts(run_id)}:
+            with tempfile.TemporaryDirectory() as tmp:  # the writer MlflowClient.log_table uses
+                path = Path(tmp) / name
+                table.to_json(path, orient="split", index=False, date_format="iso")
+                self.client.log_artifact(run_id, str(path))
+        else:
+            self.client.log_table(run_id, table, artifact_file=name)
 
     def _log_params(self, run_id: str, params: dict[str, Any], existing: dict[str, str]) -> None:
         new, changed = {}, {}
