@@ -29,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -777,7 +777,9 @@ def _check_resume(settings: SweepSettings, sweep_json: Path, resume: bool) -> No
         if not sweep_json.is_file():
             raise ConfigError(f"--resume: no earlier sweep named {settings.name!r} in {settings.storage}; "
                               "run without --resume, or pass the --name and --storage of the sweep to resume")
-        saved = json.loads(sweep_json.read_text())
+        # A setting added after the sweep was started is missing from its file: it had that setting's default.
+        defaults = {f.name: f.default for f in fields(SweepSettings) if f.default is not MISSING}
+        saved = {**defaults, **json.loads(sweep_json.read_text())}
         current = asdict(settings)
         changed = [k for k in current if k not in SweepSettings.RESUMABLE and saved.get(k) != current[k]
                    and not (isinstance(current[k], tuple) and list(current[k]) == saved.get(k))]
