@@ -132,16 +132,22 @@ def trial_train_config(settings: SweepSettings, split: SplitSpec, space: SearchS
     return TrainConfig(**values)
 
 
+def uses_inception(settings: SweepSettings) -> bool:
+    """Whether the sweep's objectives or constraints need Inception features (FID or precision/recall in them)."""
+    used = [settings.quality, *settings.objectives, *(c.metric for c in settings.parsed_constraints)]
+    return any(m == "fid" or m.endswith("_inception") for m in used)
+
+
 def eval_config(settings: SweepSettings, budget: Budget) -> EvalConfig:
-    used = set(settings.objectives) | {c.metric for c in settings.parsed_constraints}
     return make_eval_config(budget, settings.quality, settings.seed, settings.referee_floor, settings.referee_epochs,
-                            settings.sweep_dir / "cache", inception=any(m.endswith("_inception") for m in used))
+                            settings.sweep_dir / "cache", inception=uses_inception(settings))
 
 
 def make_eval_config(budget: Budget, quality: str, seed: int, referee_floor: float, referee_epochs: int | None,
                      cache_dir: Path, inception: bool = False) -> EvalConfig:
     """How a trial is scored: the budget's sample count and sampler, samples seeded from the trial's seed;
-    Inception features (FID, and precision/recall in them when ``inception``) only when the search uses them."""
+    Inception features (FID, and precision/recall in them) only when the search uses them (``inception``, or FID
+    as the quality)."""
     return EvalConfig(num_samples=budget.num_samples, sampler=budget.sampler, sample_steps=budget.sample_steps,
                       sample_seed=seed + 1234, quality_metric=quality,
                       fid="on" if quality == "fid" or inception else "off",
@@ -553,7 +559,7 @@ def _prepare(settings: SweepSettings) -> tuple[SplitSpec, SearchSpace, Budget, s
         raise ConfigError(f"{', '.join(coverage)}: split {split.name!r} has one normal class "
                           f"({split.normal_classes[0]}), so there is no normal-class coverage to measure; use precision "
                           "or recall instead")
-    if settings.quality == "fid" or any(m.endswith("_inception") for m in used):
+    if uses_inception(settings):
         from pudm_bench.fid import resolve_fid_weights
 
         resolve_fid_weights(None)
