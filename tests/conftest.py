@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
 
 
@@ -59,3 +62,66 @@ def digits_referee(digits_even_split):
     from pudm_bench.referee import get_referee
 
     return get_referee(digits_even_split.spec)
+
+
+@pytest.fixture
+def session_referees(isolated_cache: Path, digits_referee):
+    """``seed(cache_dir)``: copy the referees this session has trained (at least digits_even's) into a sweep's cache
+    folder (``<storage>/<sweep name>/cache``), so that a sweep on the same split loads its referee instead of
+    training the same one again. For tests about something else (faults, resuming); the sweeps of other tests
+    still train theirs."""
+    def seed(cache_dir: Path) -> None:
+        target = cache_dir / "referees"
+        target.mkdir(parents=True, exist_ok=True)
+        # Weights first: a referee's JSON marks it complete (referee.save_referee).
+        for suffix in (".safetensors", ".json"):
+            for path in sorted((isolated_cache / "referees").glob(f"*{suffix}")):
+                shutil.copyfile(path, target / path.name)
+
+    return seed
+
+
+@pytest.fixture(scope="session")
+def empty_mlflow_store(tmp_path_factory) -> Path:
+    """An empty MLflow SQLite store (its tables), created once per session: creating one costs every command that
+    starts on a fresh file seconds of table creation and migrations (~3-7 s on 2 cores). Use ``mlflow_store``."""
+    from mlflow import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow_template") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
+def copy_mlflow_store(template: Path, path: Path) -> str:
+    """A fresh copy of the empty store at ``path``; returns its tracking URI. Experiments created in it keep their
+    artifacts beside it (pudm_bench.tracking), not beside the template."""
+    shutil.copyfile(template, path)
+    return f"sqlite:///{path}"
+
+
+@pytest.fixture
+def mlflow_store(tmp_path: Path, empty_mlflow_store: Path) -> str:
+    """Tracking URI of an empty MLflow store at ``tmp_path / "mlflow.db"`` (a copy of the session's)."""
+    return copy_mlflow_store(empty_mlflow_store, tmp_path / "mlflow.db")
+
+
+@pytest.fixture(scope="session")
+def pets_sweep_losing_a_node(tmp_path_factory, empty_mlflow_store):
+    """One sweep for two slow tests (each a minute or more of Ray start-up, referee and trials on its own):
+
+    - tests/test_adding_a_split.py: a sweep on the image-folder split of docs/adding-a-split.md, taken from the
+      page and found through --splits-dir alone;
+    - tests/test_reliability.py: the sweep completes when the node running a trial's worker is lost.
+
+    The sweep (``python -m pudm_bench.sweep --split pets_no_dogs --splits-dir DIR``, 2 trials) runs on a
+    multi-node ``ray.cluster_utils.Cluster`` and loses a node mid-trial; each test asserts its part of the outcome.
+    Returns (sweep output, tracking URI, parent runs, trial runs) of the experiment pudm-pets_no_dogs.
+    """
+    from tests.test_adding_a_split import write_my_splits
+    from tests.test_reliability import sweep_losing_a_node
+
+    folder = tmp_path_factory.mktemp("pets_node_loss")
+    my_splits = write_my_splits(folder / "my_splits")
+    uri = copy_mlflow_store(empty_mlflow_store, folder / "mlflow.db")
+    return sweep_losing_a_node(folder, ["--split", "pets_no_dogs", "--splits-dir", str(my_splits)],
+                               "pudm-pets_no_dogs", uri)

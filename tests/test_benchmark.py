@@ -249,7 +249,7 @@ def tiny_pipeline(path: Path, image_size: int = 8, channels: int = 1) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_benchmark_fine_tunes_every_method_through_ray_and_logs_one_parent_with_a_table(tmp_path):
+def test_benchmark_fine_tunes_every_method_through_ray_and_logs_one_parent_with_a_table(tmp_path, mlflow_store):
     """A real benchmark: the filter baseline and PNU with beta estimated (the split has labeled normal data) x 2
     seeds, smoke budget, every run fine-tuned from a pipeline written with save_pretrained, read back through
     MlflowClient."""
@@ -264,7 +264,7 @@ def test_benchmark_fine_tunes_every_method_through_ray_and_logs_one_parent_with_
     data = suite_data(splits=["digits_three_vs_eight"], pretrained="required", methods={
         "filter": {"method": "filter"}, "pnu": {"method": "pnu", "correction": "max", "beta": "auto"}})
     suite_file = write_suite(tmp_path, data)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_store  # an empty store, copied (conftest)
     argv = ["--suite", str(suite_file), "--splits-dir", str(splits), "--pretrained", f"digits={pipeline}",
             "--storage", str(tmp_path / "runs"), "--mlflow-uri", uri, "--num-cpus", "2", "--quiet",
             "--referee-floor", "0.8"]

@@ -3,7 +3,7 @@
 - the sweep driver SIGKILLed mid-sweep, then the same command with --resume;
 - a trial whose workers raise (retried per --max-failures), one whose loss diverges (not retried), and a Train
   worker process killed mid-training (restarted from its last checkpoint), in one benchmark-runner sweep;
-- a node lost (``ray.cluster_utils.Cluster``: three raylets on this machine) while it runs a trial's worker;
+- a node lost (``ray.cluster_utils.Cluster``: four raylets on this machine) while it runs a trial's worker;
 - determinism: the same seeds give the same split and, on CPU, the same trial metrics.
 
 The end-to-end tests run the CLIs in subprocesses (never Ray inside pytest) and read results back from MLflow.
@@ -34,10 +34,10 @@ from pudm_bench.train import Callback, train
 ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
-def popen(module: str, args: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
+def popen(module: str, args: list[str], log: Path, env: dict | None = None, cwd: Path | None = None) -> subprocess.Popen:
     out = log.open("w")
     return subprocess.Popen([sys.executable, "-m", module, *args], stdout=out, stderr=subprocess.STDOUT,
-                            env={**os.environ, **ENV, **(env or {})}, start_new_session=True)
+                            env={**os.environ, **ENV, **(env or {})}, start_new_session=True, cwd=cwd)
 
 
 def finish(proc: subprocess.Popen, log: Path, timeout: float) -> str:
@@ -95,8 +95,9 @@ def train_workers() -> list[psutil.Process]:
 
 
 @pytest.mark.slow
-def test_driver_killed_mid_sweep_resumes_without_losing_or_duplicating(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_driver_killed_mid_sweep_resumes_without_losing_or_duplicating(tmp_path, mlflow_store, session_referees):
+    uri = mlflow_store
+    session_referees(tmp_path / "store" / "crash" / "cache")  # the sweep loads digits_even's referee: not under test
     args = ["--budget", "smoke", "--trials", "2", "--no-baselines", "--max-concurrent", "1", "--name", "crash",
             "--storage", str(tmp_path / "store"), "--mlflow-uri", uri, "--quiet"]
     log = tmp_path / "first.log"
@@ -180,7 +181,7 @@ FAULT_SUITE = {
 
 
 @pytest.mark.slow
-def test_failing_trials_are_recorded_retried_or_not_and_a_killed_worker_resumes(tmp_path):
+def test_failing_trials_are_recorded_retried_or_not_and_a_killed_worker_resumes(tmp_path, mlflow_store):
     site = tmp_path / "site"
     site.mkdir()
     (site / "flaky_plugin.py").write_text(FLAKY_PLUGIN)
@@ -200,7 +201,7 @@ def test_failing_trials_are_recorded_retried_or_not_and_a_killed_worker_resumes(
     faults.mkdir()
     for i in (1, 2):
         (faults / f"raise-{i}").touch()
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_store
     store = tmp_path / "store"
     log = tmp_path / "bench.log"
     env = {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]), "FLAKY_FAULTS": str(faults)}
@@ -244,25 +245,36 @@ def test_failing_trials_are_recorded_retried_or_not_and_a_killed_worker_resumes(
 # ------------------------------------------------------------------------------------------------- node lost
 
 
-@pytest.mark.slow
-def test_sweep_completes_when_the_node_running_a_trial_is_lost(tmp_path):
+def sweep_losing_a_node(folder: Path, sweep_args: list[str], experiment: str, uri: str):
+    """Run ``python -m pudm_bench.sweep`` (2 trials, one at a time) on a 3-node ``ray.cluster_utils.Cluster`` and
+    remove, without warning, a worker node while it runs a trial's Train worker; results go to tracking ``uri``.
+    Returns the sweep's output, the URI and the MLflow runs of ``experiment``: (text, uri, parents, runs).
+
+    Used through the session fixture ``pets_sweep_losing_a_node`` (conftest), whose sweep also serves
+    tests/test_adding_a_split.py: one cluster and one sweep for both tests.
+    """
     from ray.cluster_utils import Cluster
 
+    saved = {k: os.environ.get(k) for k in ENV}
     os.environ.update(ENV)  # the cluster's processes inherit it
     temp = Path("/tmp") / f"pudm-nodes-{os.getpid()}"  # Ray's socket paths must stay short
+    # The head node has no CPUs, so no Train worker can land on it (with one CPU there, Ray's scheduler put both
+    # trials' workers on the head node in some runs, and the sweep ended before any worker node ran one). Three
+    # worker nodes of one CPU each: the trial's own process (and its Train controller, which Ray Train keeps on the
+    # same node) takes a sliver of one, its Train worker a whole CPU of another, and the third is where Ray Train
+    # restarts the worker once that node is gone. The first trial's worker is thus always on a worker node: the
+    # node is lost during trial 1, and trial 2 runs on the cluster that is left.
     cluster = Cluster(initialize_head=True, connect=False,
-                      head_node_args={"num_cpus": 1, "temp_dir": str(temp), "include_dashboard": True,
+                      head_node_args={"num_cpus": 0, "temp_dir": str(temp), "include_dashboard": True,
                                       "dashboard_host": "127.0.0.1"})
     try:
-        nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
+        nodes = [cluster.add_node(num_cpus=1) for _ in range(3)]
         cluster.wait_for_nodes()
-        uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-        log = tmp_path / "sweep.log"
-        # Two trials, one at a time: a Train worker may land on the head node; the test waits for one on a
-        # worker node (one trial was not enough: its worker ran on the head node and the sweep ended first).
-        proc = popen("pudm_bench.sweep", ["--budget", "smoke", "--trials", "2", "--no-baselines", "--max-concurrent",
-                                          "1", "--max-failures", "2", "--ray-address", cluster.address,
-                                          "--storage", str(tmp_path / "store"), "--mlflow-uri", uri, "--quiet"], log)
+        log = folder / "sweep.log"
+        proc = popen("pudm_bench.sweep", [*sweep_args, "--budget", "smoke", "--trials", "2", "--no-baselines",
+                                          "--max-concurrent", "1", "--max-failures", "2", "--ray-address",
+                                          cluster.address, "--storage", str(folder / "store"), "--mlflow-uri", uri,
+                                          "--quiet"], log, cwd=folder)
         raylets = {n.all_processes["raylet"][0].process.pid: n for n in [cluster.head_node, *nodes]}
 
         def node_of_a_worker():
@@ -276,13 +288,28 @@ def test_sweep_completes_when_the_node_running_a_trial_is_lost(tmp_path):
             return None
 
         lost = wait_for(node_of_a_worker, 600, "a Train worker on a worker node", proc, log)
+        # Lost while the first trial runs: no trial has finished yet (the trial after it runs on what is left).
+        assert not [r for r in children(uri, experiment)[2] if r.info.status == "FINISHED"]
         cluster.remove_node(lost, allow_graceful=False)
         text = finish(proc, log, 900)
     finally:
         cluster.shutdown()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    _, parents, runs = children(uri, experiment)
+    return text, uri, parents, runs
+
+
+@pytest.mark.slow
+def test_sweep_completes_when_the_node_running_a_trial_is_lost(pets_sweep_losing_a_node):
+    # The sweep runs on the image-folder split of docs/adding-a-split.md (see conftest), which
+    # tests/test_adding_a_split.py checks from the same sweep; the node loss is the same on any split.
+    text, _, parents, runs = pets_sweep_losing_a_node
     # (Ray usually logs "has been marked dead" for the lost node, but not always in time for the driver's output
     # under load: not asserted.)
-    _, parents, runs = children(uri, "pudm-digits_even")
     assert parents[0].info.status == "FINISHED", text[-3000:]
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
     assert all(0 <= r.data.metrics["non_sensitive_rate"] <= 1 for r in runs)

@@ -197,7 +197,7 @@ def separable_stl10(rng, labels):
 
 
 @pytest.mark.slow
-def test_smoke_sweep_on_stl10_files_in_torchvision_format(tmp_path):
+def test_smoke_sweep_on_stl10_files_in_torchvision_format(tmp_path, mlflow_store):
     """stl10_vehicles (2,000 + 200 U, 200 S, 3,200 normal test) from STL10 binaries the test writes."""
     from tests.dataset_files import write_stl10
 
@@ -205,7 +205,7 @@ def test_smoke_sweep_on_stl10_files_in_torchvision_format(tmp_path):
     train = [c for c in STL10_VEHICLES for _ in range(500)] + [c for c in (1, 3, 4, 5, 6, 7) for _ in range(70)]
     test = [c for c in STL10_VEHICLES for _ in range(800)] + [c for c in (1, 3, 4, 5, 6, 7) for _ in range(10)]
     write_stl10(data, train, test, make_images=separable_stl10)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_store  # an empty store, copied (conftest)
     # The sweep and its Ray workers are other processes: the md5 relaxation reaches them via sitecustomize.
     relaxed = str(Path(__file__).parent / "fixtures" / "relaxed_md5")
     pythonpath = os.pathsep.join(p for p in (relaxed, os.environ.get("PYTHONPATH", "")) if p)
