@@ -472,8 +472,9 @@ def run_benchmark(settings: BenchmarkSettings, resume: bool = False, ray_address
         referee = get_referee(split, data_dir=settings.data_dir, download=settings.download,
                               cache_dir=run_dir / "cache", epochs=settings.referee_epochs or budget.referee_epochs)
         check_referee(referee, settings.referee_floor)
-        get_class_referee(split, data_dir=settings.data_dir, download=settings.download, cache_dir=run_dir / "cache",
-                          epochs=settings.referee_epochs or budget.referee_epochs)  # coverage: trained once, here
+        if budget.diversity != "off":  # coverage's per-class referee: trained once, here
+            get_class_referee(split, data_dir=settings.data_dir, download=settings.download,
+                              cache_dir=run_dir / "cache", epochs=settings.referee_epochs or budget.referee_epochs)
         if split.quality_metric == "fid":
             from pudm_bench.fid import resolve_fid_weights
 

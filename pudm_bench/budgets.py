@@ -36,6 +36,8 @@ class Budget:
     model_preset: str | None = None  # None: the split's own preset
     referee_epochs: int | None = None  # None: the referee's default for the split (see referee.py)
     prior_steps: int = 300  # steps of each U-vs-S classifier for beta auto and the filter (prior.py)
+    # Normal-class coverage and precision/recall (evaluate.EvalConfig.diversity): "auto" or "off".
+    diversity: str = "auto"
 
 
 def training_set_size(split: SplitSpec) -> int:
@@ -48,11 +50,14 @@ def budget_for(name: str, split: SplitSpec) -> Budget:
         raise unknown_name("budget", name, BUDGETS)
     digits = split.dataset == "digits"
     if name == "smoke":
-        # Seconds on a CPU even at 96 px: tiny batches of the "tiny" UNet (no attention) away from digits.
+        # Seconds on a CPU even at 96 px: tiny batches of the "tiny" UNet (no attention) away from digits. No
+        # coverage away from digits: its per-class referee (a ResNet-18 above 32 px) would cost as much again as the
+        # binary one, about 50 s on 2 cores for STL10, for scores a smoke run does not read.
         return Budget(name, steps=20, batch_size=32 if digits else 8, lr=1e-3, warmup_steps=5, log_every=10,
                       checkpoint_every=10,
                       num_samples=48, sampler="ddim", sample_steps=5,
-                      model_preset=None if digits else "tiny", referee_epochs=None if digits else 3, prior_steps=30)
+                      model_preset=None if digits else "tiny", referee_epochs=None if digits else 3, prior_steps=30,
+                      diversity="auto" if digits else "off")
     if name == "cpu":
         if digits:
             # Sized so that the default sweep (6 searched trials + 2 baselines, 2 at a time, one CPU thread each:

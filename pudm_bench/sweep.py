@@ -152,7 +152,7 @@ def make_eval_config(budget: Budget, quality: str, seed: int, referee_floor: flo
                       sample_seed=seed + 1234, quality_metric=quality,
                       fid="on" if quality == "fid" or inception else "off",
                       referee_floor=referee_floor, referee_epochs=referee_epochs or budget.referee_epochs,
-                      cache_dir=str(cache_dir))
+                      cache_dir=str(cache_dir), diversity=budget.diversity)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -551,14 +551,18 @@ def _prepare(settings: SweepSettings) -> tuple[SplitSpec, SearchSpace, Budget, s
     budget = budget_for(settings.budget, split)
     for params in [space.center()] + [{"method": m} for m in (BASELINE_METHODS if settings.baselines else ())]:
         trial_train_config(settings, split, space, budget, params)  # raises ConfigError on a bad combination
-    fingerprint = build_split(split, data_dir=settings.data_dir, download=settings.download).fingerprint  # data, counts
-    tracking.check_tracking_reachable(settings.mlflow_uri)
     used = list(settings.objectives) + [c.metric for c in settings.parsed_constraints]
+    unscored = [m for m in used if m in DIVERSITY_METRICS and budget.diversity == "off"]
+    if unscored:
+        raise ConfigError(f"{', '.join(unscored)}: the {budget.name} budget does not score coverage or "
+                          f"precision/recall on split {split.name!r}; use --budget cpu or paper")
     coverage = [m for m in used if m.startswith("coverage_")]
     if coverage and len(split.normal_classes) < 2:
         raise ConfigError(f"{', '.join(coverage)}: split {split.name!r} has one normal class "
                           f"({split.normal_classes[0]}), so there is no normal-class coverage to measure; use precision "
                           "or recall instead")
+    fingerprint = build_split(split, data_dir=settings.data_dir, download=settings.download).fingerprint  # data, counts
+    tracking.check_tracking_reachable(settings.mlflow_uri)
     if uses_inception(settings):
         from pudm_bench.fid import resolve_fid_weights
 
