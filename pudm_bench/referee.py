@@ -5,6 +5,10 @@ split's normal and sensitive classes, not only the PU bags) and measured on the 
 accuracy is reported next to every score, and scoring is refused below a floor, because a weak referee makes the
 non-sensitive rate meaningless.
 
+A second, per-class referee (``RefereeSpec.per_class``: one output per class of the split, same architecture,
+training and cache) names the normal class of each sample for the coverage metric and gives precision/recall their
+feature space (``diversity.py``); its accuracy is reported beside the scores.
+
 Architectures: a small CNN for images up to 32 px, a torchvision ResNet-18 (random init: nothing can be
 downloaded) for larger ones, which it sees at 64 px: distinguishing the paper's classes (vehicles vs animals, male
 vs female) does not need full resolution, and it keeps CelebA's training set in memory.
