@@ -298,6 +298,7 @@ def runs_frame(outcomes: list[dict[str, Any]], the_plan: Plan):
             **{key: result.get(key, math.nan) for key in PRIOR_COLUMNS},
             **{key: result.get(key, math.nan) if ok else math.nan for key in DIVERSITY_COLUMNS},
             "coverage_missing_classes": result.get("coverage_missing_classes") if ok else None,
+            "coverage_tv_real_normal": result.get("coverage_tv_real_normal", math.nan) if ok else math.nan,
         })
     order = {cell_id: i for i, cell_id in enumerate(the_plan.cells)}
     frame = pd.DataFrame(rows)
@@ -333,6 +334,8 @@ def summary_table(runs, the_plan: Plan):
                    for key in DIVERSITY_COLUMNS for stat in ("mean", "std")},
                 # Which normal classes were under half their share, in how many of the runs: "four (2/3), six (1/3)".
                 "coverage_missing_classes": _missing_counts(done),
+                "coverage_tv_real_normal": done["coverage_tv_real_normal"].mean()
+                if len(done) and "coverage_tv_real_normal" in done else math.nan,
             })
     return pd.DataFrame(rows)
 
@@ -380,7 +383,8 @@ def markdown_table(table, the_plan: Plan) -> str:
 
 def diversity_table(table, the_plan: Plan) -> str:
     """Per split: one row per method with the normal-class coverage (TV, classes under half their share) and
-    precision/recall, so that a rate won by dropping normal classes shows. Empty when no run measured them."""
+    precision/recall, so that a rate won by dropping normal classes shows, and the TV that real normal test images
+    get (the floor). Empty when no run measured them."""
     if not len(table) or "precision_mean" not in table or table["precision_mean"].isna().all():
         return ""
     out = ["", "Normal-class coverage (TV ↓, classes under half their share: in how many runs) and precision ↑ / "
@@ -395,6 +399,10 @@ def diversity_table(table, the_plan: Plan) -> str:
             tv = _mean_std(r.coverage_tv_mean, r.coverage_tv_std, 3) if math.isfinite(r.coverage_tv_mean) else "—"
             out.append(f"| {r.method} | {tv} | {r.coverage_missing_classes or 'none'} | "
                        f"{_mean_std(r.precision_mean, r.precision_std, 3)} | {_mean_std(r.recall_mean, r.recall_std, 3)} |")
+        floor = rows["coverage_tv_real_normal"].dropna()
+        if len(floor):
+            out += ["", f"Real normal test images, scored the same way: coverage TV {floor.iloc[0]:.3f} (the floor; "
+                        "the reference is the class mix of U's normal images)."]
         out.append("")
     return "\n".join(out)
 

@@ -5,15 +5,17 @@ beta 0.1 raised the rate from 0.94 to 0.99 while 4s, 6s and 8s nearly disappeare
 
 **Normal-class coverage.** A per-class referee (``referee.RefereeSpec.per_class``) labels each generated image that
 the binary referee calls normal with one of the split's normal classes (argmax over the normal classes' logits).
-With p the normal test set's class distribution (true labels) and q the samples' distribution over normal
-classes:
+With p the class distribution of the normal images in U (true labels, which no method reads: the distribution the
+model was shown) and q the samples' distribution over normal classes:
 
     coverage_tv  = 1/2 * sum_c |q_c - p_c|                      (total variation, in [0, 1]; 0 = same distribution)
     coverage_kl  = sum_c p_c * log(p_c / q~_c),  q~_c = (n_c + 1/2) / (n + K/2)
     coverage_missing = #{c : q_c < p_c / 2}                      (normal classes with under half their share)
 
 The KL is taken from the reference to the samples, so a dropped class costs the most; the add-1/2 (Jeffreys)
-smoothing keeps it finite when a class got no sample at all.
+smoothing keeps it finite when a class got no sample at all. The reference is U, not the normal test set: their
+class distributions can differ (scikit-learn's digits test part has 28% threes among the odd digits, U 19%), and
+a model that learned U perfectly would then look like it dropped classes.
 
 **Precision and recall** (Kynkäänniemi, Karras, Laine, Lehtinen & Aila, "Improved Precision and Recall Metric for
 Assessing Generative Models", NeurIPS 2019). In a feature space, each set's manifold is the union of balls around
@@ -41,7 +43,7 @@ UNDER_SHARE = 0.5  # a normal class is "missing" below this fraction of its expe
 
 @dataclass(frozen=True)
 class Coverage:
-    """Generated images (those called normal) per normal class, against the normal test set's distribution."""
+    """Generated images (those called normal) per normal class, against a reference class distribution (U's)."""
 
     class_names: tuple[str, ...]
     sample_counts: tuple[int, ...]
@@ -73,7 +75,7 @@ class Coverage:
 
     @property
     def missing_classes(self) -> tuple[str, ...]:
-        """Normal classes whose share among the samples is under half their share in the normal test set."""
+        """Normal classes whose share among the samples is under half their share in the reference."""
         if not self.num_samples:
             return self.class_names
         return tuple(name for name, q, p in zip(self.class_names, self.sample_shares, self.expected_shares)
@@ -97,7 +99,7 @@ def class_coverage(sample_classes: torch.Tensor | np.ndarray | Sequence[int],
                    reference_classes: torch.Tensor | np.ndarray | Sequence[int],
                    class_names: Sequence[str]) -> Coverage:
     """Coverage of ``class_names`` by generated images: ``sample_classes`` and ``reference_classes`` hold class
-    indices into ``class_names`` (the samples' predicted classes; the normal test images' true ones)."""
+    indices into ``class_names`` (the samples' predicted classes; the reference images' true ones)."""
     k = len(class_names)
     samples = np.asarray(sample_classes, dtype=np.int64).reshape(-1)
     reference = np.asarray(reference_classes, dtype=np.int64).reshape(-1)
@@ -105,7 +107,7 @@ def class_coverage(sample_classes: torch.Tensor | np.ndarray | Sequence[int],
         if values.size and (values.min() < 0 or values.max() >= k):
             raise ValueError(f"{what} class indices must be in [0, {k}); got {values.min()}..{values.max()}")
     if not reference.size:
-        raise ValueError("coverage needs at least one reference (normal test) image")
+        raise ValueError("coverage needs at least one reference image")
     expected = np.bincount(reference, minlength=k) / reference.size
     return Coverage(tuple(class_names), tuple(int(c) for c in np.bincount(samples, minlength=k)),
                     tuple(float(p) for p in expected))
@@ -158,8 +160,8 @@ def precision_recall(real_features, fake_features, k: int = PR_NEIGHBOURS, seed:
 
 
 def coverage_plot(rows: Sequence[dict[str, Any]], title: str):
-    """A matplotlib Figure (Agg, no pyplot state): per normal class, its share in the normal test set and among
-    the samples called normal; classes under half their share are marked."""
+    """A matplotlib Figure (Agg, no pyplot state): per normal class, its share in the reference (U's normal images)
+    and among the samples called normal; classes under half their share are marked."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -169,7 +171,7 @@ def coverage_plot(rows: Sequence[dict[str, Any]], title: str):
     x = np.arange(len(rows))
     expected = [r["expected_share"] for r in rows]
     observed = [0.0 if not math.isfinite(r["sample_share"]) else r["sample_share"] for r in rows]
-    ax.bar(x - 0.2, expected, width=0.4, color="0.7", label="normal test images")
+    ax.bar(x - 0.2, expected, width=0.4, color="0.7", label="normal images in U")
     colours = ["tab:red" if r["missing"] else "tab:blue" for r in rows]
     ax.bar(x + 0.2, observed, width=0.4, color=colours, label="samples called normal")
     missing = [i for i, r in enumerate(rows) if r["missing"]]

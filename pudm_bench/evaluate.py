@@ -10,8 +10,8 @@ written by ``pudm_bench.train`` and writes ``DIR/eval.json``.
 - fd_classifier: the same Fréchet distance in the referee's penultimate features; cheap on a CPU, so it is the
   quality objective of the digits splits, where Inception features of 8x8 images mean little.
 - coverage_tv, coverage_kl, coverage_missing (``diversity.py``): how the samples called normal spread over the
-  split's normal classes (per-class referee) against the normal test set, so that a model cannot win the rate by
-  dropping normal classes unseen; precision and recall (Kynkäänniemi et al., 2019) in the per-class referee's
+  split's normal classes (per-class referee) against the normal images of U, the distribution the model was
+  shown, so that a model cannot win the rate by dropping normal classes unseen; precision and recall (Kynkäänniemi et al., 2019) in the per-class referee's
   features (the binary referee's where a split has one normal class), and in Inception's when FID is computed.
 """
 
@@ -137,8 +137,8 @@ def score_images(samples: torch.Tensor, split: BuiltSplit, config: EvalConfig, r
     }
     metrics["fd_classifier"] = frechet_distance(sample_features.double().numpy(), normal_features.double().numpy())
     if config.diversity != "off":
-        metrics.update(diversity_metrics(samples, sample_logits.argmax(1) == 0, split, config, class_referee,
-                                         (sample_features, normal_features)))
+        metrics.update(diversity_metrics(samples, sample_logits.argmax(1) == 0, normal_logits.argmax(1) == 0, split,
+                                         config, class_referee, (sample_features, normal_features)))
     metrics["referee_seconds"] = round(time.perf_counter() - start, 3)
     want_fid = config.fid == "on" or quality == "fid"
     if want_fid or config.fid == "auto":
@@ -155,25 +155,32 @@ def score_images(samples: torch.Tensor, split: BuiltSplit, config: EvalConfig, r
     return metrics
 
 
-def diversity_metrics(samples: torch.Tensor, called_normal: torch.Tensor, split: BuiltSplit, config: EvalConfig,
-                      class_referee: Referee | None, binary_features: tuple[torch.Tensor, torch.Tensor]
-                      ) -> dict[str, Any]:
-    """Normal-class coverage of the samples called normal, and precision/recall against the normal test images
-    (``diversity.py``); ``binary_features``: the binary referee's (samples, normal test) features, the space of
-    precision/recall where the split has no per-class referee."""
+def diversity_metrics(samples: torch.Tensor, called_normal: torch.Tensor, real_called_normal: torch.Tensor,
+                      split: BuiltSplit, config: EvalConfig, class_referee: Referee | None,
+                      binary_features: tuple[torch.Tensor, torch.Tensor]) -> dict[str, Any]:
+    """Normal-class coverage of the samples called normal (``called_normal``) against the class distribution of U's
+    normal images, and precision/recall against the normal test images (``diversity.py``).
+
+    ``real_called_normal``: the binary referee's verdicts on the normal test images, which are scored the same way
+    (``coverage_tv_real_normal``: the TV that real held-out normal images get, the floor a model is read against).
+    ``binary_features``: the binary referee's (samples, normal test) features, the space of precision/recall where
+    the split has no per-class referee.
+    """
     from pudm_bench.diversity import class_coverage, precision_recall
 
     out: dict[str, Any] = {}
     if class_referee is not None:
         class_logits, class_features = class_referee.logits_and_features(samples)
-        _, normal_features = class_referee.logits_and_features(split.normal_test)
+        normal_logits, normal_features = class_referee.logits_and_features(split.normal_test)
         out["class_referee_balanced_accuracy"] = class_referee.balanced_accuracy
-        if split.normal_test_labels is not None:
+        if split.unlabeled_normal_labels is not None:
             k = len(split.spec.normal_classes)  # the per-class referee lists the normal classes first
-            named = class_logits[called_normal, :k].argmax(1)
-            coverage = class_coverage(named, split.normal_test_labels, split.spec.normal_classes)
+            names, reference = split.spec.normal_classes, split.unlabeled_normal_labels
+            coverage = class_coverage(class_logits[called_normal, :k].argmax(1), reference, names)
             out.update(coverage.metrics())
             out["coverage_per_class"] = coverage.rows()
+            real = class_coverage(normal_logits[real_called_normal, :k].argmax(1), reference, names)
+            out["coverage_tv_real_normal"] = real.total_variation
         space, features = "class_referee", (class_features, normal_features)
     else:
         space, features = "referee", binary_features

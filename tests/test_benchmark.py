@@ -207,7 +207,8 @@ def test_diversity_table_shows_coverage_precision_recall_and_missing_classes(tmp
     for cell, (tv, missing, precision, recall) in scores.items():
         outcome = _outcome(cell, 0.95, 2.0)
         outcome["result"].update(coverage_tv=tv, coverage_missing=len([m for m in missing.split(",") if m]),
-                                 coverage_missing_classes=missing, precision=precision, recall=recall)
+                                 coverage_missing_classes=missing, precision=precision, recall=recall,
+                                 coverage_tv_real_normal=0.04)
         outcomes.append(outcome)
     runs = runs_frame(outcomes, the_plan)
     assert runs.set_index("trial_id").loc[outcomes[2]["trial_id"], "coverage_missing"] == 2
@@ -219,6 +220,7 @@ def test_diversity_table_shows_coverage_precision_recall_and_missing_classes(tmp
     assert "Normal-class coverage" in text and "**digits_even**" in text
     assert "| pu-abs | 0.350 ± 0.071 | six (2/2), four (1/2) | 0.960 ± 0.014 | 0.550 ± 0.071 |" in text
     assert "| unsupervised | 0.060 ± 0.014 | none | 0.850 ± 0.071 | 0.850 ± 0.071 |" in text
+    assert "Real normal test images, scored the same way: coverage TV 0.040 (the floor" in text
     metrics = table_metrics(table)
     assert metrics["digits_even/pu-abs/coverage_tv_mean"] == pytest.approx(0.35)
 

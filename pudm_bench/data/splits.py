@@ -281,8 +281,11 @@ class BuiltSplit:
     sensitive_test: torch.Tensor
     indices: Mapping[str, np.ndarray]
     fingerprint: str
-    # Class of each normal test image, as an index into spec.normal_classes: the reference distribution of the
-    # normal-class coverage (diversity.py). None where unknown (splits built by hand).
+    # Normal class (index into spec.normal_classes) of each normal image of U, in U's order, and of each normal test
+    # image: ground truth for diagnostics only, like unlabeled_is_sensitive (training never reads them). U's is the
+    # reference distribution of the normal-class coverage (diversity.py): what the model was shown. None where
+    # unknown (splits built by hand).
+    unlabeled_normal_labels: torch.Tensor | None = None
     normal_test_labels: torch.Tensor | None = None
 
     def summary(self) -> dict[str, Any]:
@@ -391,6 +394,7 @@ def build_split(spec: SplitSpec, seed: int = 0, data_dir: str | Path | None = No
         sensitive_test=read(parts.test, indices["sensitive_test"]),
         indices={**indices, "unlabeled": u_idx},
         fingerprint=split_fingerprint(spec, indices | {"unlabeled": u_idx}),
+        unlabeled_normal_labels=_normal_class_index(parts.train.labels[torch.from_numpy(u_idx[~u_truth])], normal_ids),
         normal_test_labels=_normal_class_index(parts.test.labels[torch.from_numpy(indices["normal_test"])],
                                                normal_ids),
     )
