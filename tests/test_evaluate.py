@@ -9,7 +9,7 @@ import torch
 from pudm_bench import referee as referee_module
 from pudm_bench.config import SampleConfig, TrainConfig
 from pudm_bench.errors import ConfigError
-from pudm_bench.evaluate import EvalConfig, evaluate_run, main, score_images, wilson_interval
+from pudm_bench.evaluate import EvalConfig, main, score_images, wilson_interval
 from pudm_bench.fid import frechet_distance
 from pudm_bench.referee import RefereeTooWeakError, check_referee, get_referee, load_referee_file, save_referee
 from pudm_bench.train import run

@@ -258,7 +258,7 @@ def test_unreachable_server_is_a_one_line_error():
     with pytest.raises(ConfigError) as info:
         check_tracking_reachable(uri, timeout_s=2)
     message = str(info.value)
-    assert message.startswith(f"MLflow tracking server http://user:***@127.0.0.1:") and "unreachable" in message
+    assert message.startswith("MLflow tracking server http://user:***@127.0.0.1:") and "unreachable" in message
     assert "secret" not in message and "\n" not in message and message.endswith("start it or pass --mlflow-uri")
 
 

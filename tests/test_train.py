@@ -1,7 +1,6 @@
 """The training loop: end to end on digits, exact resume, checkpoints, failure modes and the CLI."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from pudm_bench.data.base import ImageSource, check_options, get_dataset
-from pudm_bench.errors import ConfigError, DataNotFoundError, check_keys, read_yaml, unknown_name
+from pudm_bench.errors import ConfigError, check_keys, read_yaml, unknown_name
 from pudm_bench.models import MODEL_PRESETS
 
 BUILTIN_SPLITS_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "splits"
