@@ -1,6 +1,6 @@
 # Two commands on a fresh machine (see README):
 #   make run    -> creates .venv, installs pudm_bench, runs the default sweep (digits, CPU, minutes)
-#   make test   -> creates .venv, installs pudm_bench[test], runs the whole test suite
+#   make test   -> creates .venv, installs pudm_bench[test,fid-offline,sd], runs the whole test suite
 # Re-running is cheap: the install step is skipped while pyproject.toml is unchanged.
 
 PYTHON ?= python3
@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_SPEC)
-	$(PY) -m pip install -q -e '.[test,fid-offline]'
+	$(PY) -m pip install -q -e '.[test,fid-offline,sd]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -252,6 +252,9 @@ def plan(settings: BenchmarkSettings, suite: Suite) -> Plan:
                               unlabeled_sensitive_share=split.unlabeled_sensitive_share)
                 values.update(suite.train)
                 values.update(method=method.method, **method.params)
+                if values.get("model", "unet") != "unet":
+                    values["model_preset"] = None  # a latent model's architecture is its pipeline's
+                    values.setdefault("pretrained", pretrained)
                 try:
                     config = TrainConfig(**values)
                 except ConfigError as exc:

@@ -65,6 +65,20 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any])
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
+def _trainable_names(model: torch.nn.Module) -> list[str]:
+    return [name for name, p in model.named_parameters() if p.requires_grad]
+
+
+def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The weights a checkpoint holds: the whole state dict, or only the trained parameters when some are frozen
+    (LoRA adapters: megabytes instead of a multi-GB copy of the frozen base model, which is reloaded from its
+    source)."""
+    if all(p.requires_grad for p in model.parameters()):
+        return model.state_dict()
+    params = dict(model.named_parameters())
+    return {name: params[name] for name in _trainable_names(model)}
+
+
 def save_checkpoint(
     run_dir: Path,
     step: int,
@@ -82,13 +96,13 @@ def save_checkpoint(
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
+    save_file({k: v.detach().cpu().contiguous() for k, v in model_state(model).items()}, tmp / "model.safetensors")
     opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
     save_file(opt_tensors, tmp / "optimizer.safetensors")
     save_file({"noise": generator.get_state()}, tmp / "rng.safetensors")
     ema_step = None
     if ema is not None:
-        names = [name for name, _ in model.named_parameters()]
+        names = _trainable_names(model)
         save_file({n: p.detach().cpu().contiguous() for n, p in zip(names, ema.shadow_params)}, tmp / "ema.safetensors")
         ema_step = ema.optimization_step
     sched_state = {k: v for k, v in lr_scheduler.state_dict().items() if k != "lr_lambdas"}
@@ -150,12 +164,16 @@ def load_checkpoint(
     state = read_checkpoint_state(path)
     device = next(model.parameters()).device
     try:
-        model.load_state_dict(load_file(path / "model.safetensors", device=str(device)))
+        weights = load_file(path / "model.safetensors", device=str(device))
+        partial = not all(p.requires_grad for p in model.parameters())
+        missing, unexpected = model.load_state_dict(weights, strict=not partial)
+        if partial and (unexpected or set(_trainable_names(model)) - set(weights)):
+            raise KeyError("the checkpoint's trained parameters do not match the model's")
         optimizer.load_state_dict(_unflatten_optimizer(load_file(path / "optimizer.safetensors"), state["optimizer"]))
         generator.set_state(load_file(path / "rng.safetensors")["noise"])
         if ema is not None:
             shadow = load_file(path / "ema.safetensors", device=str(device))
-            names = [name for name, _ in model.named_parameters()]
+            names = _trainable_names(model)
             ema.shadow_params = [shadow[n] for n in names]
             ema.optimization_step = state["ema_step"]
     except (OSError, SafetensorError, KeyError, RuntimeError) as exc:

@@ -22,6 +22,9 @@ AUTO = "auto"
 SAMPLERS = ("ddim", "ddpm")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
+# unet: a pixel-space UNet2DModel (class-conditional on conditional splits); sd: a Stable Diffusion pipeline's
+# UNet2DConditionModel fine-tuned in latent space with text prompts (pudm_bench.latent; the [sd] extra).
+MODELS = ("unet", "sd")
 
 
 def _require(cond: bool, key: str, value: Any, expected: str) -> None:
@@ -83,6 +86,12 @@ class TrainConfig:
     device: str = "auto"
     model_preset: str | None = None
     pretrained: str | None = None
+    model: str = "unet"
+    # sd only: LoRA adapters of this rank instead of training the whole UNet; classifier-free guidance when sampling;
+    # activation checkpointing in the UNet (less memory, ~30% slower steps).
+    lora_rank: int | None = None
+    guidance_scale: float = 1.0
+    gradient_checkpointing: bool = False
     log_every: int = 50
     checkpoint_every: int = 500
     data_dir: str | None = None
@@ -128,6 +137,23 @@ class TrainConfig:
             _require(0 < self.ema_decay < 1, "ema_decay", self.ema_decay, "a number in (0, 1), e.g. 0.999")
         _choice("precision", self.precision, PRECISIONS)
         _choice("device", self.device, DEVICES)
+        _choice("model", self.model, MODELS)
+        if self.model == "sd":
+            if not self.pretrained:
+                raise ConfigError("model=sd needs pretrained: a Stable Diffusion pipeline folder or hub id (e.g. "
+                                  "--pretrained CompVis/stable-diffusion-v1-4, or python -m pudm_bench.latent tiny DIR)")
+            if self.model_preset is not None:
+                raise ConfigError(f"model_preset={self.model_preset!r} applies to model=unet only; model=sd takes its "
+                                  "architecture from pretrained")
+        else:
+            for key, value, default in (("lora_rank", self.lora_rank, None), ("guidance_scale", self.guidance_scale, 1.0),
+                                        ("gradient_checkpointing", self.gradient_checkpointing, False)):
+                if value != default:
+                    raise ConfigError(f"{key}={value!r} applies to model=sd only; add --model sd or drop it")
+        if self.lora_rank is not None:
+            _positive_int("lora_rank", self.lora_rank)
+        _require(isinstance(self.guidance_scale, (int, float)) and self.guidance_scale >= 1, "guidance_scale",
+                 self.guidance_scale, "a number >= 1 (1 = no classifier-free guidance; SD commonly uses 7.5)")
         _positive_int("prior_steps", self.prior_steps)
         _positive_int("log_every", self.log_every)
         _positive_int("checkpoint_every", self.checkpoint_every)

@@ -106,12 +106,31 @@ def normal_rate(logits: torch.Tensor) -> tuple[float, int]:
     return called_normal / len(logits), called_normal
 
 
+def per_condition_rates(called_normal: torch.Tensor, conditions: torch.Tensor,
+                        names: tuple[str, ...]) -> dict[str, Any]:
+    """Conditional models: the non-sensitive rate of the samples of each condition (``non_sensitive_rate/<name>``)
+    and the lowest of them (``non_sensitive_rate_min_condition``): a model can forget the sensitive classes of one
+    condition and not another, which the pooled rate averages away."""
+    out: dict[str, Any] = {}
+    for index, name in enumerate(names):
+        mask = conditions == index
+        if mask.any():
+            out[f"non_sensitive_rate/{name}"] = float(called_normal[mask].float().mean())
+            out[f"num_samples/{name}"] = int(mask.sum())
+    rates = [v for k, v in out.items() if k.startswith("non_sensitive_rate/")]
+    if rates:
+        out["non_sensitive_rate_min_condition"] = min(rates)
+    return out
+
+
 def score_images(samples: torch.Tensor, split: BuiltSplit, config: EvalConfig, referee: Referee,
-                 device: torch.device | str = "cpu", class_referee: Referee | None = None) -> dict[str, Any]:
+                 device: torch.device | str = "cpu", class_referee: Referee | None = None,
+                 conditions: torch.Tensor | None = None) -> dict[str, Any]:
     """All metrics of generated uint8 images against the split (the part shared by models and tests).
 
     ``class_referee``: the split's per-class referee (``referee.get_class_referee``), for the coverage metrics and
     the feature space of precision/recall; without it (or with ``diversity="off"``) there is no coverage.
+    ``conditions``: the condition each sample was drawn for (conditional models), for the per-condition rates.
     """
     from pudm_bench.fid import frechet_distance, resolve_fid_weights
 
@@ -135,6 +154,8 @@ def score_images(samples: torch.Tensor, split: BuiltSplit, config: EvalConfig, r
         "referee_normal_rate_on_real_sensitive": real_sensitive,
         "quality_metric": quality,
     }
+    if conditions is not None and split.is_conditional:
+        metrics.update(per_condition_rates(sample_logits.argmax(1) == 0, conditions, split.conditions))
     metrics["fd_classifier"] = frechet_distance(sample_features.double().numpy(), normal_features.double().numpy())
     if config.diversity != "off":
         metrics.update(diversity_metrics(samples, sample_logits.argmax(1) == 0, normal_logits.argmax(1) == 0, split,
@@ -213,31 +234,42 @@ def inception_metrics(samples: torch.Tensor, split: BuiltSplit, config: EvalConf
     return out
 
 
-def evaluate_model(model, noise_scheduler, split: BuiltSplit, config: EvalConfig, data_dir: str | None = None,
+def evaluate_model(generator, split: BuiltSplit, config: EvalConfig, data_dir: str | None = None,
                    download: bool = False, device: torch.device | str | None = None,
                    grid_path: str | Path | None = None) -> dict[str, Any]:
-    """Sample ``config.num_samples`` images and score them (the function every sweep trial calls); with
-    ``grid_path``, the first 64 of the scored samples are also saved as a PNG grid."""
+    """Sample ``config.num_samples`` images from ``generator`` (``TrainResult.generator``: a pixel or latent model)
+    and score them (the function every sweep trial calls); with ``grid_path``, the first 64 of the scored samples
+    are also saved as a PNG grid. Conditional models are sampled in their conditions' proportions in U and scored
+    per condition too."""
     from pudm_bench.referee import check_referee, get_class_referee, get_referee
-    from pudm_bench.sampling import sample_images, save_grid
+    from pudm_bench.sampling import save_grid
 
     referee = get_referee(split.spec, data_dir=data_dir, download=download, cache_dir=config.cache_dir,
                           path=config.referee_path, epochs=config.referee_epochs)
     check_referee(referee, config.referee_floor)  # refuse before spending time on sampling
     class_referee = None if config.diversity == "off" else get_class_referee(
         split.spec, data_dir=data_dir, download=download, cache_dir=config.cache_dir, epochs=config.referee_epochs)
-    device = device or next(model.parameters()).device
+    device = device or next(generator.model.parameters()).device
     start = time.perf_counter()
-    samples = sample_images(model, noise_scheduler, num_images=config.num_samples, sampler=config.sampler,
-                            steps=config.sample_steps, batch_size=config.sample_batch_size,
-                            seed=config.sample_seed, device=device)
+    drawn = generator(config.num_samples, sampler=config.sampler, steps=config.sample_steps,
+                      batch_size=config.sample_batch_size, seed=config.sample_seed, device=device)
+    samples = drawn.images
     sample_seconds = time.perf_counter() - start
     if grid_path is not None:
-        save_grid(samples[:64], grid_path)
-    metrics = score_images(samples, split, config, referee, device=device, class_referee=class_referee)
+        save_grid(samples[_grid_pick(drawn.conditions, 64)] if split.is_conditional else samples[:64], grid_path)
+    metrics = score_images(samples, split, config, referee, device=device, class_referee=class_referee,
+                           conditions=drawn.conditions)
     metrics.update({"sample_seconds": round(sample_seconds, 3), "sampler": config.sampler,
                     "sample_steps": config.sample_steps, "split_fingerprint": split.fingerprint})
     return metrics
+
+
+def _grid_pick(conditions: torch.Tensor, count: int) -> torch.Tensor:
+    """Positions of up to ``count`` samples taken round-robin over the conditions (samples come grouped by
+    condition), so a grid shows every condition, one row-major run of each after another."""
+    groups = [torch.nonzero(conditions == c).flatten() for c in torch.unique(conditions)]
+    per = max(1, count // len(groups))
+    return torch.cat([g[:per] for g in groups])[:count]
 
 
 def evaluate_run(run_dir: str | Path, config: EvalConfig, device: str | None = None) -> dict[str, Any]:
@@ -255,11 +287,10 @@ def evaluate_run(run_dir: str | Path, config: EvalConfig, device: str | None = N
         raise ConfigError(f"split {spec.name!r} now builds fingerprint {split.fingerprint}, but the run was trained on "
                           f"{resolved['split']['fingerprint']}; the split file or data changed since training")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    from diffusers import DDPMScheduler, UNet2DModel
+    from pudm_bench.train import load_generator
 
-    model = UNet2DModel.from_pretrained(str(pipeline_dir / "unet")).to(device).eval()
-    noise_scheduler = DDPMScheduler.from_pretrained(str(pipeline_dir / "scheduler"))
-    metrics = evaluate_model(model, noise_scheduler, split, config, data_dir=train_config.data_dir, device=device,
+    generator = load_generator(pipeline_dir, train_config, split, device)
+    metrics = evaluate_model(generator, split, config, data_dir=train_config.data_dir, device=device,
                              grid_path=run_dir / "eval_samples.png")
     metrics["eval_config"] = asdict(config)
     (run_dir / "eval.json").write_text(json.dumps(metrics, indent=2))

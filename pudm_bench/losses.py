@@ -156,6 +156,34 @@ def pu_risk(error: torch.Tensor, role: torch.Tensor, beta: float, correction: st
     return Risk(loss, positive, negative, _nan(error))
 
 
+def conditional_pu_risk(error: torch.Tensor, role: torch.Tensor, condition: torch.Tensor, beta: float,
+                        correction: str, eta: float | None = None) -> Risk:
+    """The PU(-N) risk of a conditional model: one risk per condition, weighted by the condition's share of the batch.
+
+    A conditional model learns p(x | c); the paper's conditional extension applies the PU objective to each
+    condition's own U_c and S_c (Sec. 4, conditional case), so for the conditions c present in the batch
+        loss = sum_c (n_c / n) * loss_c,   loss_c = pu_risk (or pnu_risk) on the examples with condition c,
+    each with its own correction (a negative R-_c is corrected even when the batch-wide R- is positive). R+ and R-
+    are reported as the same weighted sums. With one condition this is ``pu_risk`` exactly.
+    """
+    total = torch.zeros((), dtype=error.dtype, device=error.device)
+    positive, negative, normal = torch.zeros_like(total), torch.zeros_like(total), torch.zeros_like(total)
+    n = float(len(error))
+    # Conditions are few (a split's conditions or prompts), so a loop over them is cheap; it keeps each
+    # condition's risk exactly the unconditional formula on its sub-batch.
+    for c in torch.unique(condition):
+        mask = condition == c
+        sub = (pu_risk(error[mask], role[mask], beta, correction) if eta is None
+               else pnu_risk(error[mask], role[mask], beta, correction, eta))
+        weight = mask.sum().to(error.dtype) / n
+        total = total + weight * sub.loss
+        positive = positive + weight * sub.positive_risk
+        negative = negative + weight * sub.negative_risk
+        if eta is not None:
+            normal = normal + weight * sub.labeled_normal_risk
+    return Risk(total, positive, negative, normal if eta is not None else _nan(error))
+
+
 def pnu_risk(error: torch.Tensor, role: torch.Tensor, beta: float, correction: str, eta: float) -> Risk:
     """PU risk plus a labeled-normal term (the paper's PNU extension, for when some normal data is labeled).
 
@@ -199,8 +227,17 @@ def training_risk(
     correction: str = "abs",
     eta: float = 1.0,
     paper_weighting: bool = True,
+    condition: torch.Tensor | None = None,
 ) -> Risk:
-    """Dispatch to the risk of ``method`` (one of METHODS)."""
+    """Dispatch to the risk of ``method`` (one of METHODS).
+
+    ``condition`` (one integer per example: a class or prompt of a conditional model) makes PU and PNU risks
+    per-condition (``conditional_pu_risk``). The baselines' losses are per-example sums, which conditioning does
+    not change.
+    """
+    if condition is not None and method in METHODS_WITH_PRIOR:
+        return conditional_pu_risk(error, role, condition, float(beta), correction,
+                                   eta if method == "pnu" else None)
     if method == "unsupervised":
         return unsupervised_risk(error, role, paper_weighting)
     if method == "supervised":

@@ -62,8 +62,12 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def build_model(preset: str, image_size: int, channels: int) -> UNet2DModel:
-    """A freshly initialised UNet2DModel from a preset (uses the global torch RNG: seed it first)."""
+def build_model(preset: str, image_size: int, channels: int, num_class_embeds: int | None = None) -> UNet2DModel:
+    """A freshly initialised UNet2DModel from a preset (uses the global torch RNG: seed it first).
+
+    ``num_class_embeds``: a class-conditional model (a learned embedding per condition added to the timestep
+    embedding, diffusers' ``class_embed_type=None``), sampled with ``class_labels``.
+    """
     from diffusers import UNet2DModel
 
     if preset not in MODEL_PRESETS:
@@ -75,7 +79,8 @@ def build_model(preset: str, image_size: int, channels: int) -> UNet2DModel:
             f"image_size={image_size} does not fit model preset {preset!r}: it must be divisible by "
             f"{2 ** (levels - 1)} ({levels} resolution levels); change the split's image_size or model_preset"
         )
-    return UNet2DModel(sample_size=image_size, in_channels=channels, out_channels=channels, **config)
+    return UNet2DModel(sample_size=image_size, in_channels=channels, out_channels=channels,
+                       num_class_embeds=num_class_embeds, **config)
 
 
 def build_noise_scheduler() -> DDPMScheduler:
@@ -85,7 +90,8 @@ def build_noise_scheduler() -> DDPMScheduler:
     return DDPMScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS, beta_schedule="linear")
 
 
-def load_pretrained(name_or_path: str, image_size: int, channels: int) -> tuple[UNet2DModel, DDPMScheduler]:
+def load_pretrained(name_or_path: str, image_size: int, channels: int,
+                    num_class_embeds: int | None = None) -> tuple[UNet2DModel, DDPMScheduler]:
     """Load a diffusers UNet2DModel (and its scheduler when present) for fine-tuning.
 
     Accepts a directory written by ``UNet2DModel.save_pretrained``, a pipeline directory (``DDPMPipeline.
@@ -117,5 +123,12 @@ def load_pretrained(name_or_path: str, image_size: int, channels: int) -> tuple[
         raise ConfigError(
             f"pretrained model {name_or_path!r} takes {model.config.in_channels}x{model.config.sample_size}px images "
             f"but the split gives {channels}x{image_size}px; pick a split with matching image_size/channels"
+        )
+    if model.config.num_class_embeds != num_class_embeds:
+        have = model.config.num_class_embeds
+        raise ConfigError(
+            f"pretrained model {name_or_path!r} is {'unconditional' if have is None else f'conditional on {have} classes'}"
+            f" but the split {'has no conditions' if num_class_embeds is None else f'has {num_class_embeds} conditions'}"
+            "; pick a split and a model that agree"
         )
     return model, scheduler

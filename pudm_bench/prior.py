@@ -282,8 +282,10 @@ def without_unlabeled(split: BuiltSplit, removed: Sequence[int]) -> BuiltSplit:
 
     keep = torch.ones(len(split.unlabeled), dtype=torch.bool)
     keep[torch.as_tensor(list(removed), dtype=torch.long)] = False
+    conditions = None if split.unlabeled_conditions is None else split.unlabeled_conditions[keep]
     return dataclasses.replace(split, unlabeled=split.unlabeled[keep],
-                               unlabeled_is_sensitive=split.unlabeled_is_sensitive[keep])
+                               unlabeled_is_sensitive=split.unlabeled_is_sensitive[keep],
+                               unlabeled_conditions=conditions)
 
 
 # ----------------------------------------------------------------------------------------------------------------

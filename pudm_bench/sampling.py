@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -22,6 +23,60 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return images.clamp(-1.0, 1.0).add(1.0).mul(127.5).round().to(torch.uint8)
 
 
+def make_scheduler(noise_scheduler: DDPMScheduler, sampler: str, steps: int):
+    """A DDIM or DDPM sampling scheduler with the training schedule's betas, set to ``steps`` steps."""
+    if sampler == "ddim":
+        scheduler = DDIMScheduler.from_config(noise_scheduler.config)
+    elif sampler == "ddpm":
+        scheduler = DDPMScheduler.from_config(noise_scheduler.config)
+    else:
+        raise ConfigError(f"unknown sampler {sampler!r}; allowed: ddim, ddpm")
+    scheduler.set_timesteps(steps)
+    return scheduler
+
+
+def condition_plan(num_images: int, shares: torch.Tensor | None) -> torch.Tensor:
+    """The condition of each of ``num_images`` samples: condition c gets round(share_c * n) of them (largest
+    remainders, so the counts sum to n), in order 0..0, 1..1, ...; all zeros without conditions."""
+    if shares is None:
+        return torch.zeros(num_images, dtype=torch.long)
+    shares = shares.double() / shares.double().sum()
+    exact = shares * num_images
+    counts = exact.floor().long()
+    remainder = num_images - int(counts.sum())
+    if remainder:
+        counts[torch.argsort(exact - counts, descending=True, stable=True)[:remainder]] += 1
+    return torch.repeat_interleave(torch.arange(len(shares)), counts)
+
+
+@dataclass(frozen=True)
+class Samples:
+    """Generated uint8 images (n, C, H, W) and the condition each was drawn for (zeros when unconditional)."""
+
+    images: torch.Tensor
+    conditions: torch.Tensor
+
+
+class PixelGenerator:
+    """Samples a pixel-space ``UNet2DModel``; a class-conditional one (``num_class_embeds``) gets each condition in
+    proportion to ``condition_shares`` (``condition_plan``)."""
+
+    def __init__(self, model: UNet2DModel, noise_scheduler: DDPMScheduler,
+                 condition_shares: torch.Tensor | None = None) -> None:
+        self.model = model
+        self.noise_scheduler = noise_scheduler
+        self.condition_shares = condition_shares
+
+    def __call__(self, num_images: int, *, sampler: str = "ddim", steps: int = 50, batch_size: int = 256,
+                 seed: int = 0, device: torch.device | str | None = None) -> Samples:
+        conditions = condition_plan(num_images, self.condition_shares)
+        images = sample_images(self.model, self.noise_scheduler, num_images=num_images, sampler=sampler, steps=steps,
+                               batch_size=batch_size, seed=seed,
+                               device=device or next(self.model.parameters()).device,
+                               class_labels=conditions if self.condition_shares is not None else None)
+        return Samples(images, conditions)
+
+
 @torch.no_grad()
 def sample_images(
     model: UNet2DModel,
@@ -33,6 +88,7 @@ def sample_images(
     batch_size: int = 256,
     seed: int = 0,
     device: torch.device | str = "cpu",
+    class_labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Draw ``num_images`` samples; returns uint8 (n, C, H, W) on the CPU.
 
@@ -40,13 +96,9 @@ def sample_images(
     over the scheduler's ``steps`` steps (1,000 reproduces the paper's reported samples). Seeded: the same seed and
     batch size give the same images.
     """
-    if sampler == "ddim":
-        scheduler = DDIMScheduler.from_config(noise_scheduler.config)
-    elif sampler == "ddpm":
-        scheduler = DDPMScheduler.from_config(noise_scheduler.config)
-    else:
-        raise ConfigError(f"unknown sampler {sampler!r}; allowed: ddim, ddpm")
-    scheduler.set_timesteps(steps)
+    scheduler = make_scheduler(noise_scheduler, sampler, steps)
+    if (class_labels is None) != (getattr(model.config, "num_class_embeds", None) is None):
+        raise ConfigError("a class-conditional model needs class_labels to sample, an unconditional one takes none")
     was_training = model.training
     model.eval()
     generator = torch.Generator(device="cpu").manual_seed(seed)
@@ -57,8 +109,9 @@ def sample_images(
         n = min(batch_size, num_images - start)
         # Noise drawn on the CPU generator so results do not depend on the device.
         x = torch.randn((n, *shape), generator=generator).to(device)
+        labels = None if class_labels is None else class_labels[start:start + n].to(device)
         for t in scheduler.timesteps:
-            eps = model(x, t).sample
+            eps = model(x, t, class_labels=labels).sample
             x = scheduler.step(eps, t, x, generator=generator).prev_sample
         chunks.append(to_uint8(x).cpu())
     model.train(was_training)

@@ -89,6 +89,11 @@ class SweepSettings:
     # ("coverage_tv<=0.15"): trials that break one are kept, flagged and left off the front.
     objectives: tuple[str, ...] = ()
     constraints: tuple[str, ...] = ()
+    # The model every trial trains (config.MODELS): unet, or sd (latent Stable Diffusion from --pretrained).
+    model: str = "unet"
+    lora_rank: int | None = None
+    guidance_scale: float = 1.0
+    gradient_checkpointing: bool = False
 
     @property
     def parsed_constraints(self) -> list[Constraint]:
@@ -124,6 +129,10 @@ def trial_train_config(settings: SweepSettings, split: SplitSpec, space: SearchS
         budget_train_values(budget), split=split.name, method=method, seed=settings.seed, data_dir=settings.data_dir,
         download=settings.download, splits_dirs=settings.splits_dirs, pretrained=settings.pretrained,
     )
+    if settings.model != "unet":
+        # A latent model's architecture is the pipeline's: the budget's pixel UNet preset does not apply.
+        values.update(model=settings.model, model_preset=None, lora_rank=settings.lora_rank,
+                      guidance_scale=settings.guidance_scale, gradient_checkpointing=settings.gradient_checkpointing)
     if method in BASELINE_METHODS:
         values.update({k: v for k, v in params.items() if k not in ("method", "beta", "correction", "eta") and v is not None})
     else:
@@ -224,7 +233,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     final_dir.mkdir()
     if rank == 0:
         start = time.perf_counter()
-        metrics = evaluate_model(result.model, result.noise_scheduler, split, evaluation, data_dir=config.data_dir,
+        metrics = evaluate_model(result.generator, split, evaluation, data_dir=config.data_dir,
                                  download=config.download, grid_path=final_dir / "samples.png")
         final.update({k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)})
         final.update({"train_seconds": result.train_seconds, "eval_seconds": time.perf_counter() - start,
@@ -562,6 +571,10 @@ def _prepare(settings: SweepSettings) -> tuple[SplitSpec, SearchSpace, Budget, s
                           f"({split.normal_classes[0]}), so there is no normal-class coverage to measure; use precision "
                           "or recall instead")
     fingerprint = build_split(split, data_dir=settings.data_dir, download=settings.download).fingerprint  # data, counts
+    if settings.model == "sd":
+        from pudm_bench import latent
+
+        latent.check_pipeline(settings.pretrained, split.image_size)  # configs only: no weights loaded here
     tracking.check_tracking_reachable(settings.mlflow_uri)
     if uses_inception(settings):
         from pudm_bench.fid import resolve_fid_weights
@@ -664,6 +677,7 @@ def run_sweep(settings: SweepSettings, resume: bool, ray_address: str | None, nu
               "pudm.split_fingerprint": fingerprint,
               "pudm.search_space": Path(settings.search_space).name, "pudm.git_commit": _git_commit(),
               "pudm.version": __version__, "pudm.quality": settings.quality, "pudm.budget": settings.budget,
+              "pudm.model": settings.model + (f"+lora{settings.lora_rank}" if settings.lora_rank else ""),
               **({"pudm.objectives": ",".join(settings.objectives)} if settings.objectives else {}),
               **({"pudm.constraints": ";".join(settings.constraints)} if settings.constraints else {})},
         params={k: v for k, v in asdict(settings).items() if k not in ("mlflow_uri",)},
@@ -838,6 +852,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", default=None, help="MLflow experiment (default: pudm-<split>)")
     p.add_argument("--name", default=None, help="sweep name (default: <split>-<search space>-<budget>-s<seed>)")
     add_execution_arguments(p)
+    p.add_argument("--model", default="unet", choices=["unet", "sd"],
+                   help="unet: pixel UNet2DModel (class-conditional on conditional splits); sd: fine-tune the Stable "
+                        "Diffusion pipeline given by --pretrained in latent space with the split's prompts "
+                        "(pip install 'pudm_bench[sd]'; docs/large-models.md)")
+    p.add_argument("--lora-rank", type=int, default=None, help="model sd: train LoRA adapters of this rank only")
+    p.add_argument("--guidance-scale", type=float, default=1.0,
+                   help="model sd: classifier-free guidance when sampling (1 = none, SD commonly 7.5)")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="model sd: less GPU memory, slower steps")
     p.add_argument("--resume", action="store_true", help="continue the sweep of the same --name in --storage")
     p.add_argument("--dry-run", action="store_true", help="print the resolved sweep, trial resources and result locations, then exit")
     p.add_argument("--quiet", action="store_true", help="no Tune progress table")
@@ -915,7 +937,8 @@ def settings_from_args(args: argparse.Namespace) -> SweepSettings:
         name=_safe_name(name), data_dir=str(Path(args.data_dir).resolve()) if args.data_dir else None,
         download=args.download, max_failures=args.max_failures, referee_floor=args.referee_floor,
         referee_epochs=args.referee_epochs, pretrained=pretrained_source(args.pretrained),
-        objectives=objectives, constraints=tuple(constraints),
+        objectives=objectives, constraints=tuple(constraints), model=args.model, lora_rank=args.lora_rank,
+        guidance_scale=args.guidance_scale, gradient_checkpointing=args.gradient_checkpointing,
     )
 
 

@@ -36,7 +36,7 @@ from pudm_bench.data.splits import BuiltSplit, build_split, get_split
 from pudm_bench.errors import ArgumentParser, ConfigError, NonFiniteLossError, PudmError
 from pudm_bench.losses import LABELED_NORMAL, LABELED_SENSITIVE, UNLABELED, denoising_error, training_risk
 from pudm_bench.models import build_model, build_noise_scheduler, load_pretrained
-from pudm_bench.sampling import sample_images, save_grid, to_model_range
+from pudm_bench.sampling import PixelGenerator, save_grid, to_model_range
 
 # Config keys that may change between a run and its resumption without making the checkpoint invalid.
 RESUMABLE_CHANGES = {"steps", "log_every", "checkpoint_every", "sample", "data_dir", "download", "splits_dirs",
@@ -56,10 +56,12 @@ class Callback:
 
 @dataclass
 class TrainingSet:
-    """Every training image as one uint8 tensor (kept on the training device) and each one's role."""
+    """Every training image as one uint8 tensor (kept on the training device), each one's role and its condition
+    (class or prompt of a conditional model; zeros when unconditional)."""
 
     images: torch.Tensor
     roles: torch.Tensor
+    conditions: torch.Tensor
 
     @classmethod
     def from_split(cls, split: BuiltSplit, method: str) -> "TrainingSet":
@@ -68,17 +70,19 @@ class TrainingSet:
         The unsupervised baseline keeps S in the batches with weight 0 (``losses.unsupervised_risk``), which is how
         the paper's experiments ran it; its model never learns from S.
         """
-        parts = [(split.unlabeled, UNLABELED), (split.labeled_sensitive, LABELED_SENSITIVE)]
+        parts = [(split.unlabeled, UNLABELED, split.unlabeled_conditions),
+                 (split.labeled_sensitive, LABELED_SENSITIVE, split.labeled_sensitive_conditions)]
         if method == "pnu":
             if len(split.labeled_normal) == 0:
                 raise ConfigError(
                     f"method 'pnu' needs labeled normal data but split {split.spec.name!r} has counts.labeled_normal=0; "
                     "add labeled_normal to the split's counts"
                 )
-            parts.append((split.labeled_normal, LABELED_NORMAL))
-        images = torch.cat([p for p, _ in parts])
-        roles = torch.cat([torch.full((len(p),), role, dtype=torch.long) for p, role in parts])
-        return cls(images, roles)
+            parts.append((split.labeled_normal, LABELED_NORMAL, split.labeled_normal_conditions))
+        images = torch.cat([p for p, _, _ in parts])
+        roles = torch.cat([torch.full((len(p),), role, dtype=torch.long) for p, role, _ in parts])
+        conditions = torch.cat([torch.zeros(len(p), dtype=torch.long) if c is None else c for p, _, c in parts])
+        return cls(images, roles, conditions)
 
     def __len__(self) -> int:
         return len(self.roles)
@@ -139,14 +143,109 @@ def _check_resumable(saved: dict[str, Any], current: dict[str, Any], checkpoint:
 
 
 @dataclass
+class Denoiser:
+    """What the loop trains, whatever the model: pixel UNet2DModel (``unet``) or latent Stable Diffusion (``sd``).
+
+    ``inputs(idx, generator)`` gives x0 of the batch (pixels in [-1, 1], or a sample of the cached VAE posterior),
+    ``context(conditions)`` the forward keyword arguments (class labels, or the prompts' text embeddings),
+    ``generator()`` an image generator over the current weights (``sampling.PixelGenerator`` interface), and
+    ``save(path)`` writes what diffusers' ``from_pretrained`` reloads.
+    """
+
+    model: torch.nn.Module
+    noise_scheduler: DDPMScheduler
+    inputs: Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+    context: Callable[[torch.Tensor], dict[str, Any]]
+    generator: Callable[[], Any]
+    save: Callable[[Path], Path]
+    conditional: bool  # the PU risk is computed per condition
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+
+def _pixel_denoiser(config: TrainConfig, split: BuiltSplit, data: TrainingSet, device: torch.device) -> Denoiser:
+    spec = split.spec
+    classes = len(split.conditions) if split.is_conditional else None
+    if config.pretrained:
+        model, noise_scheduler = load_pretrained(config.pretrained, spec.image_size, spec.channels, classes)
+    else:
+        model = build_model(config.model_preset or spec.model_preset, spec.image_size, spec.channels, classes)
+        noise_scheduler = build_noise_scheduler()
+    images = data.images.to(device)
+    shares = split.unlabeled_normal_condition_shares()
+
+    def save(path: Path) -> Path:
+        # DDPMPipeline saves a class-conditional UNet too; its __call__ cannot pass class labels, so sample those
+        # with sampling.PixelGenerator (or UNet2DModel.from_pretrained(path / "unet") and class_labels=...).
+        DDPMPipeline(unet=model, scheduler=noise_scheduler).save_pretrained(str(path))
+        return path
+
+    return Denoiser(
+        model=model, noise_scheduler=noise_scheduler,
+        inputs=lambda idx, _generator: to_model_range(images[idx]),
+        context=(lambda cond: {"class_labels": cond}) if classes else (lambda cond: {}),
+        generator=lambda: PixelGenerator(model, noise_scheduler, shares),
+        save=save, conditional=classes is not None,
+    )
+
+
+def _latent_denoiser(config: TrainConfig, split: BuiltSplit, data: TrainingSet, device: torch.device,
+                     amp_dtype: torch.dtype | None) -> Denoiser:
+    from pudm_bench import latent
+
+    components = latent.load_components(config.pretrained)
+    latent.check_geometry(components, split.spec.image_size)
+    if config.lora_rank is not None:
+        latent.add_lora(components.unet, config.lora_rank)
+    if config.gradient_checkpointing:
+        components.unet.enable_gradient_checkpointing()
+    prompts = split.prompts or ("",)
+    # Frozen parts run once: every training image's VAE posterior and every prompt's embedding are cached, so a
+    # step runs the UNet alone; the text encoder then leaves the GPU.
+    mean, std = latent.encode_images(components, data.images, device, dtype=amp_dtype)
+    embeds = latent.encode_prompts(components, prompts, device)
+    components.text_encoder.to("cpu")
+    shares = split.unlabeled_normal_condition_shares()
+
+    def inputs(idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        noise = torch.randn(mean[idx].shape, generator=generator, device=mean.device)
+        return mean[idx] + std[idx] * noise
+
+    return Denoiser(
+        model=components.unet, noise_scheduler=components.noise_scheduler, inputs=inputs,
+        context=lambda cond: {"encoder_hidden_states": embeds[cond]},
+        generator=lambda: latent.LatentGenerator(components, prompts, shares, config.guidance_scale,
+                                                 split.spec.image_size, split.spec.channels),
+        save=lambda path: latent.save_pipeline(components, path, lora=config.lora_rank is not None),
+        conditional=len(prompts) > 1,
+    )
+
+
+def build_denoiser(config: TrainConfig, split: BuiltSplit, data: TrainingSet, device: torch.device,
+                   amp_dtype: torch.dtype | None = None) -> Denoiser:
+    """The model of ``config.model`` for ``split`` (uses the global torch RNG for a fresh model: seed it first)."""
+    if config.model == "sd":
+        return _latent_denoiser(config, split, data, device, amp_dtype)
+    return _pixel_denoiser(config, split, data, device)
+
+
+@dataclass
 class TrainResult:
-    model: UNet2DModel  # unwrapped; holds the EMA weights when EMA is on
+    model: torch.nn.Module  # the trained network, unwrapped; holds the EMA weights when EMA is on
     noise_scheduler: DDPMScheduler
     step: int
     resumed_from: int
     metrics: dict[str, float] = field(default_factory=dict)
     train_seconds: float = 0.0
     prior_metrics: dict[str, float] = field(default_factory=dict)  # beta auto / filter: the estimate, what was removed
+    denoiser: Denoiser | None = None
+
+    @property
+    def generator(self) -> Any:
+        """Samples the trained model: ``result.generator(64, sampler="ddim", steps=50, seed=0)`` -> Samples."""
+        return self.denoiser.generator() if self.denoiser is not None else PixelGenerator(self.model,
+                                                                                           self.noise_scheduler)
 
 
 # beta auto: the estimate is clamped into this range before it weights a risk (an estimate of 0 or 1 is a bound,
@@ -228,22 +327,19 @@ def train(
     if len(data) < config.batch_size:
         raise ConfigError(f"batch_size={config.batch_size} exceeds the {len(data)} training images of split "
                           f"{split.spec.name!r}; lower --batch-size")
-    images, roles = data.images.to(device), data.roles.to(device)
+    roles, conditions = data.roles.to(device), data.conditions.to(device)
 
     torch.manual_seed(config.seed)  # identical initial weights on every rank
-    spec = split.spec
-    if config.pretrained:
-        model, noise_scheduler = load_pretrained(config.pretrained, spec.image_size, spec.channels)
-    else:
-        model = build_model(config.model_preset or spec.model_preset, spec.image_size, spec.channels)
-        noise_scheduler = build_noise_scheduler()
+    denoiser = build_denoiser(config, split, data, device, amp_dtype)
+    model, noise_scheduler = denoiser.model, denoiser.noise_scheduler
     model.to(device).train()
+    params = denoiser.trainable_parameters()  # all of the UNet, or its LoRA adapters
     # The fused AdamW kernel (CPU and CUDA): 4-10% faster per bare step than torch's per-parameter loop on CPU
     # (benchmarks/perf/train_step.py, docs/performance.md); same update rule.
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay,
                                   fused=device.type in ("cpu", "cuda"))
     lr_scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)
-    ema = EMAModel(model.parameters(), decay=config.ema_decay) if config.ema_decay else None
+    ema = EMAModel(params, decay=config.ema_decay) if config.ema_decay else None
     generator = torch.Generator(device=device).manual_seed(config.seed * 7919 + 17 + rank)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
@@ -273,26 +369,27 @@ def train(
     step = start_step
     for step in range(start_step + 1, config.steps + 1):
         idx = batch_indices(len(data), config.batch_size, config.seed, step - 1, rank, world_size).to(device)
-        x0 = to_model_range(images[idx])
-        role = roles[idx]
+        x0 = denoiser.inputs(idx, generator)
+        role, condition = roles[idx], conditions[idx]
         noise = torch.randn(x0.shape, generator=generator, device=device)
         t = torch.randint(0, timesteps, (x0.shape[0],), generator=generator, device=device)
         abar = alphas_cumprod[t].view(-1, 1, 1, 1)
         x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * noise  # = noise_scheduler.add_noise, without its per-call copy
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            eps_pred = wrapped(x_t, t).sample
+            eps_pred = wrapped(x_t, t, **denoiser.context(condition)).sample
         error = denoising_error(eps_pred, noise)
         risk = training_risk(risk_method, error, role, beta=beta, correction=config.correction,
-                             eta=config.effective_eta, paper_weighting=config.paper_weighting)
+                             eta=config.effective_eta, paper_weighting=config.paper_weighting,
+                             condition=condition if denoiser.conditional else None)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(risk.loss).backward()
         scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
         scaler.step(optimizer)
         scaler.update()
         lr_scheduler.step()
         if ema is not None:
-            ema.step(model.parameters())
+            ema.step(params)
 
         totals += torch.stack([
             risk.loss.detach(),
@@ -331,18 +428,39 @@ def train(
 
     train_seconds = time.perf_counter() - start_time
     if ema is not None:
-        ema.copy_to(model.parameters())
+        ema.copy_to(params)
     model.eval()
     prior_metrics = {k: float(v) for k, v in prior_info.items() if isinstance(v, (int, float))}
     return TrainResult(model=model, noise_scheduler=noise_scheduler, step=step, resumed_from=start_step,
-                       metrics=metrics, train_seconds=train_seconds, prior_metrics=prior_metrics)
+                       metrics=metrics, train_seconds=train_seconds, prior_metrics=prior_metrics, denoiser=denoiser)
 
 
 def save_pipeline(result: TrainResult, run_dir: Path) -> Path:
-    """The trained model as a diffusers pipeline: ``DDPMPipeline.from_pretrained(run_dir / "pipeline")``."""
+    """The trained model for diffusers, in ``run_dir / "pipeline"``: ``DDPMPipeline.from_pretrained`` (unet), a
+    ``StableDiffusionPipeline`` (sd), or LoRA adapters for ``load_lora_weights`` on the base model (sd + LoRA)."""
     path = Path(run_dir) / "pipeline"
+    if result.denoiser is not None:
+        return result.denoiser.save(path)
     DDPMPipeline(unet=result.model, scheduler=result.noise_scheduler).save_pretrained(str(path))
     return path
+
+
+def load_generator(pipeline_dir: Path, config: TrainConfig, split: BuiltSplit, device: torch.device | str) -> Any:
+    """An image generator over a model ``save_pipeline`` wrote (``evaluate --run``)."""
+    pipeline_dir = Path(pipeline_dir)
+    if config.model == "sd":
+        from pudm_bench import latent
+
+        pipe = latent.load_trained(pipeline_dir, base=config.pretrained)
+        components = latent.LatentComponents(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
+                                             unet=pipe.unet.to(device), noise_scheduler=pipe.scheduler,
+                                             source=config.pretrained)
+        components.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+        return latent.LatentGenerator(components, split.prompts or ("",), split.unlabeled_normal_condition_shares(),
+                                      config.guidance_scale, split.spec.image_size, split.spec.channels)
+    model = UNet2DModel.from_pretrained(str(pipeline_dir / "unet")).to(device).eval()
+    noise_scheduler = DDPMScheduler.from_pretrained(str(pipeline_dir / "scheduler"))
+    return PixelGenerator(model, noise_scheduler, split.unlabeled_normal_condition_shares())
 
 
 def environment_info() -> dict[str, str]:
@@ -407,10 +525,8 @@ def run(config: TrainConfig, run_dir: Path, resume: bool = True, progress: bool 
             bar.close()
     save_pipeline(result, run_dir)
     sample_start = time.perf_counter()
-    samples = sample_images(result.model, result.noise_scheduler, num_images=config.sample.num_images,
-                            sampler=config.sample.sampler, steps=config.sample.steps,
-                            batch_size=config.sample.batch_size, seed=config.sample.seed,
-                            device=next(result.model.parameters()).device)
+    samples = result.generator(config.sample.num_images, sampler=config.sample.sampler, steps=config.sample.steps,
+                               batch_size=config.sample.batch_size, seed=config.sample.seed).images
     grid = save_grid(samples, run_dir / "samples.png")
     metrics = {
         "split": split.spec.name,
@@ -463,7 +579,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default=d.precision, choices=["auto", "fp32", "fp16", "bf16"])
     p.add_argument("--device", default=d.device, choices=["auto", "cpu", "cuda"])
     p.add_argument("--model-preset", default=None, help="override the split's model preset (digits, small, paper, paper256)")
-    p.add_argument("--pretrained", default=None, metavar="DIR_OR_HUB_ID", help="fine-tune this diffusers UNet/pipeline")
+    p.add_argument("--pretrained", default=None, metavar="DIR_OR_HUB_ID",
+                   help="fine-tune this diffusers UNet/pipeline (model sd: a Stable Diffusion pipeline)")
+    p.add_argument("--model", default=d.model, choices=["unet", "sd"],
+                   help="unet: pixel UNet2DModel (class-conditional on conditional splits); sd: fine-tune a Stable "
+                        "Diffusion pipeline's UNet in latent space with the split's prompts (needs pudm_bench[sd])")
+    p.add_argument("--lora-rank", type=int, default=None, help="model sd: train LoRA adapters of this rank only")
+    p.add_argument("--guidance-scale", type=float, default=d.guidance_scale,
+                   help="model sd: classifier-free guidance when sampling (1 = none)")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="model sd: less memory, slower steps")
     p.add_argument("--log-every", type=int, default=d.log_every)
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
     p.add_argument("--data-dir", default=None, help="folder holding downloaded datasets (default $PUDM_BENCH_DATA or ./data)")
@@ -495,7 +619,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         unlabeled_sensitive_share=args.unlabeled_sensitive_share,
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
         grad_clip=args.grad_clip, ema_decay=args.ema_decay, precision=args.precision, device=args.device,
-        model_preset=args.model_preset, pretrained=args.pretrained, log_every=args.log_every,
+        model_preset=args.model_preset, pretrained=args.pretrained, model=args.model, lora_rank=args.lora_rank,
+        guidance_scale=args.guidance_scale, gradient_checkpointing=args.gradient_checkpointing,
+        log_every=args.log_every,
         checkpoint_every=args.checkpoint_every,
         data_dir=str(Path(args.data_dir).resolve()) if args.data_dir else None, download=args.download,
         splits_dirs=tuple(str(Path(p).resolve()) for p in args.splits_dir),

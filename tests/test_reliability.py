@@ -344,7 +344,7 @@ def test_same_seed_gives_the_same_trial_metrics_on_cpu(tmp_path):
     for name in ("first", "second"):
         losses = Losses()
         result = train(config, split, tmp_path / name, callbacks=[losses], resume=False)
-        metrics = evaluate_model(result.model, result.noise_scheduler, split, evaluation)
+        metrics = evaluate_model(result.generator, split, evaluation)
         outcomes.append((losses.log, {k: v for k, v in metrics.items()
                                       if isinstance(v, float) and not k.endswith("_seconds")}))  # not timings
     (curve_a, metrics_a), (curve_b, metrics_b) = outcomes

@@ -39,7 +39,9 @@ _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,63}$")
 TOP_KEYS = (
     "name", "dataset", "description", "normal_classes", "sensitive_classes", "counts",
     "image_size", "channels", "model_preset", "dataset_options", "dataset_root", "quality_metric",
+    "conditions", "prompt",
 )
+CONDITION_KEYS = ("classes", "prompt")
 # The quality objective a split is scored on by default: Inception FID for the paper's datasets; the referee's
 # feature space (cheap on a CPU) where Inception features mean little, e.g. 8x8 digits.
 QUALITY_METRICS = ("fid", "fd_classifier")
@@ -66,6 +68,16 @@ class SplitCounts:
 
 
 @dataclass(frozen=True)
+class Condition:
+    """One condition of a conditional split: the classes (normal and sensitive) it covers, and for text-to-image
+    models its prompt. A conditional model learns p(x | condition) and the PU risk applies per condition."""
+
+    name: str
+    classes: tuple[str, ...]
+    prompt: str | None = None
+
+
+@dataclass(frozen=True)
 class SplitSpec:
     name: str
     dataset: str
@@ -83,6 +95,10 @@ class SplitSpec:
     # Set on a variant made by ``with_unlabeled_sensitive_share``: the registered split it derives from.
     variant_of: str | None = None
     unlabeled_sensitive_share: float | None = None
+    # A conditional split: every class in exactly one condition (``conditions`` in the YAML). Empty: unconditional.
+    conditions: tuple[Condition, ...] = ()
+    # The text prompt of every image for text-to-image models (``--model sd``), where a condition has none.
+    prompt: str | None = None
 
     @property
     def registry_name(self) -> str:
@@ -202,10 +218,14 @@ def parse_split(data: Any, source: str = "<memory>") -> SplitSpec:
         raise ConfigError(f"{where}: dataset_root={dataset_root!r} is invalid: expected a folder path (a string)")
     if adapter.name == "imagefolder" and dataset_root is None:
         raise ConfigError(f"{where}: dataset imagefolder needs dataset_root: the folder holding one sub-folder per class")
+    prompt = data.get("prompt")
+    if prompt is not None and not isinstance(prompt, str):
+        raise ConfigError(f"{where}: prompt={prompt!r} is invalid: expected a text (a string)")
     spec = SplitSpec(
         name=name, dataset=adapter.name, normal_classes=normal, sensitive_classes=sensitive, counts=parsed_counts,
         image_size=image_size, channels=channels, model_preset=preset, description=str(data.get("description", "")),
         dataset_options=dict(options), dataset_root=dataset_root, quality_metric=quality, source=source,
+        conditions=_conditions(where, data.get("conditions"), normal, sensitive), prompt=prompt,
     )
     # Class names can be checked now for every dataset whose names are fixed; an image folder's are known only
     # once the folder is there, so those are checked when the split is built.
@@ -216,6 +236,45 @@ def parse_split(data: Any, source: str = "<memory>") -> SplitSpec:
             raise ConfigError(f"{where}: {exc}") from None
         check_class_names(spec, available)
     return spec
+
+
+def _conditions(where: str, value: Any, normal: tuple[str, ...], sensitive: tuple[str, ...]) -> tuple[Condition, ...]:
+    """``conditions: {name: [classes...]}`` or ``{name: {classes: [...], prompt: "..."}}``: a partition of the
+    split's classes in which every condition holds at least one normal class (its samples are scored)."""
+    if value is None:
+        return ()
+    if not isinstance(value, dict) or len(value) < 2:
+        raise ConfigError(f"{where}: conditions must map at least two condition names to their classes, e.g. "
+                          "{low: [zero, one], high: [eight, nine]}")
+    out, seen = [], {}
+    for name, entry in value.items():
+        if not isinstance(name, str) or not _NAME_RE.match(name):
+            raise ConfigError(f"{where}: condition name {name!r} is invalid: use 1-64 lowercase letters, digits, "
+                              "'_' or '-'")
+        if isinstance(entry, dict):
+            check_keys(entry, CONDITION_KEYS, f"{where} conditions.{name}", required=("classes",))
+            classes, prompt = entry["classes"], entry.get("prompt")
+        else:
+            classes, prompt = entry, None
+        classes = _class_list(where, f"conditions.{name}", classes)
+        if prompt is not None and not isinstance(prompt, str):
+            raise ConfigError(f"{where}: conditions.{name}.prompt={prompt!r} is invalid: expected a text (a string)")
+        for cls in classes:
+            if cls not in normal and cls not in sensitive:
+                raise unknown_name(f"class in conditions.{name}", cls, [*normal, *sensitive], where)
+            if cls in seen:
+                raise ConfigError(f"{where}: class {cls!r} is in conditions {seen[cls]!r} and {name!r}; put each "
+                                  "class in one condition")
+            seen[cls] = name
+        if not set(classes) & set(normal):
+            raise ConfigError(f"{where}: condition {name!r} has no normal class ({', '.join(classes)}); every "
+                              "condition needs one, or its samples could only be sensitive")
+        out.append(Condition(name, classes, prompt))
+    missing = [c for c in (*normal, *sensitive) if c not in seen]
+    if missing:
+        raise ConfigError(f"{where}: class(es) {', '.join(missing)} are in no condition; add them to one of "
+                          f"{', '.join(value)}")
+    return tuple(out)
 
 
 def check_class_names(spec: SplitSpec, available: Iterable[str]) -> None:
@@ -287,6 +346,29 @@ class BuiltSplit:
     # unknown (splits built by hand).
     unlabeled_normal_labels: torch.Tensor | None = None
     normal_test_labels: torch.Tensor | None = None
+    # Conditional splits: the condition (index into ``conditions``) of every image of each part, which training and
+    # sampling read; ``prompts``: the text of each condition for text-to-image models. Unconditional: () and None.
+    conditions: tuple[str, ...] = ()
+    prompts: tuple[str, ...] = ()
+    unlabeled_conditions: torch.Tensor | None = None
+    labeled_sensitive_conditions: torch.Tensor | None = None
+    labeled_normal_conditions: torch.Tensor | None = None
+    normal_test_conditions: torch.Tensor | None = None
+
+    @property
+    def is_conditional(self) -> bool:
+        return bool(self.conditions)
+
+    def unlabeled_normal_condition_shares(self) -> torch.Tensor | None:
+        """Each condition's share of U's normal images where known (else of all of U): the mix samples are drawn
+        in, i.e. what the model was shown, as for the coverage reference."""
+        if not self.is_conditional:
+            return None
+        conditions = self.unlabeled_conditions
+        if not bool(self.unlabeled_is_sensitive.all()):
+            conditions = conditions[~self.unlabeled_is_sensitive]
+        counts = torch.bincount(conditions, minlength=len(self.conditions)).double()
+        return counts / counts.sum()
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -302,6 +384,8 @@ class BuiltSplit:
             "sensitive_test": len(self.sensitive_test),
             "true_prior": round(self.spec.counts.true_prior, 6),
             "image_shape": list(self.unlabeled.shape[1:]),
+            **({"conditions": {name: int((self.unlabeled_conditions == i).sum()) for i, name in
+                               enumerate(self.conditions)}} if self.is_conditional else {}),
         }
 
 
@@ -378,6 +462,11 @@ def build_split(spec: SplitSpec, seed: int = 0, data_dir: str | Path | None = No
     order = rng.permutation(len(u_idx))
     u_idx, u_truth = u_idx[order], u_truth[order]
 
+    condition_of = _condition_lookup(spec, class_names)
+
+    def conditions(source: ImageSource, idx: np.ndarray) -> torch.Tensor | None:
+        return None if condition_of is None else condition_of[source.labels[torch.from_numpy(idx)].long()]
+
     def read(source: ImageSource, idx: np.ndarray) -> torch.Tensor:
         if len(idx) == 0:
             return torch.zeros((0, spec.channels, spec.image_size, spec.image_size), dtype=torch.uint8)
@@ -397,7 +486,25 @@ def build_split(spec: SplitSpec, seed: int = 0, data_dir: str | Path | None = No
         unlabeled_normal_labels=_normal_class_index(parts.train.labels[torch.from_numpy(u_idx[~u_truth])], normal_ids),
         normal_test_labels=_normal_class_index(parts.test.labels[torch.from_numpy(indices["normal_test"])],
                                                normal_ids),
+        conditions=tuple(c.name for c in spec.conditions),
+        prompts=tuple(c.prompt or spec.prompt or "" for c in spec.conditions) if spec.conditions else
+        ((spec.prompt,) if spec.prompt else ()),
+        unlabeled_conditions=conditions(parts.train, u_idx),
+        labeled_sensitive_conditions=conditions(parts.train, indices["labeled_sensitive"]),
+        labeled_normal_conditions=conditions(parts.train, indices["labeled_normal"]),
+        normal_test_conditions=conditions(parts.test, indices["normal_test"]),
     )
+
+
+def _condition_lookup(spec: SplitSpec, class_names: list[str]) -> torch.Tensor | None:
+    """Dataset label -> condition index (-1 for classes outside the split), or None for unconditional splits."""
+    if not spec.conditions:
+        return None
+    lookup = torch.full((len(class_names),), -1, dtype=torch.long)
+    for index, condition in enumerate(spec.conditions):
+        for cls in condition.classes:
+            lookup[class_names.index(cls)] = index
+    return lookup
 
 
 def _normal_class_index(labels: torch.Tensor, normal_ids: list[int]) -> torch.Tensor:
