@@ -319,7 +319,7 @@ def tiny_pipeline(path: str | Path, *, seed: int = 0, max_length: int = 16) -> P
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=32, attention_head_dim=4, norm_num_groups=8)
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
-                              beta_end=0.012, clip_sample=False)
+                              beta_end=0.012, clip_sample=False, steps_offset=1)
     StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
                             safety_checker=None, feature_extractor=None,
                             requires_safety_checker=False).save_pretrained(str(path))

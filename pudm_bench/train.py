@@ -62,6 +62,7 @@ class TrainingSet:
     images: torch.Tensor
     roles: torch.Tensor
     conditions: torch.Tensor
+    prompt_ids: torch.Tensor  # text-to-image models: which of split.prompts each image is trained with
 
     @classmethod
     def from_split(cls, split: BuiltSplit, method: str) -> "TrainingSet":
@@ -70,19 +71,26 @@ class TrainingSet:
         The unsupervised baseline keeps S in the batches with weight 0 (``losses.unsupervised_risk``), which is how
         the paper's experiments ran it; its model never learns from S.
         """
-        parts = [(split.unlabeled, UNLABELED, split.unlabeled_conditions),
-                 (split.labeled_sensitive, LABELED_SENSITIVE, split.labeled_sensitive_conditions)]
+        parts = [(split.unlabeled, UNLABELED, split.unlabeled_conditions, split.unlabeled_prompt_ids),
+                 (split.labeled_sensitive, LABELED_SENSITIVE, split.labeled_sensitive_conditions,
+                  split.labeled_sensitive_prompt_ids)]
         if method == "pnu":
             if len(split.labeled_normal) == 0:
                 raise ConfigError(
                     f"method 'pnu' needs labeled normal data but split {split.spec.name!r} has counts.labeled_normal=0; "
                     "add labeled_normal to the split's counts"
                 )
-            parts.append((split.labeled_normal, LABELED_NORMAL, split.labeled_normal_conditions))
-        images = torch.cat([p for p, _, _ in parts])
-        roles = torch.cat([torch.full((len(p),), role, dtype=torch.long) for p, role, _ in parts])
-        conditions = torch.cat([torch.zeros(len(p), dtype=torch.long) if c is None else c for p, _, c in parts])
-        return cls(images, roles, conditions)
+            parts.append((split.labeled_normal, LABELED_NORMAL, split.labeled_normal_conditions, None))
+
+        def column(values: list[torch.Tensor | None]) -> torch.Tensor:
+            return torch.cat([torch.zeros(len(p[0]), dtype=torch.long) if v is None else v
+                              for p, v in zip(parts, values)])
+
+        images = torch.cat([p[0] for p in parts])
+        roles = torch.cat([torch.full((len(p[0]),), p[1], dtype=torch.long) for p in parts])
+        conditions = column([p[2] for p in parts])
+        prompt_ids = column([p[3] if p[3] is not None else p[2] for p in parts])
+        return cls(images, roles, conditions, prompt_ids)
 
     def __len__(self) -> int:
         return len(self.roles)
@@ -147,7 +155,7 @@ class Denoiser:
     """What the loop trains, whatever the model: pixel UNet2DModel (``unet``) or latent Stable Diffusion (``sd``).
 
     ``inputs(idx, generator)`` gives x0 of the batch (pixels in [-1, 1], or a sample of the cached VAE posterior),
-    ``context(conditions)`` the forward keyword arguments (class labels, or the prompts' text embeddings),
+    ``context(idx)`` the forward keyword arguments (class labels, or the prompts' text embeddings),
     ``generator()`` an image generator over the current weights (``sampling.PixelGenerator`` interface), and
     ``save(path)`` writes what diffusers' ``from_pretrained`` reloads.
     """
@@ -155,7 +163,7 @@ class Denoiser:
     model: torch.nn.Module
     noise_scheduler: DDPMScheduler
     inputs: Callable[[torch.Tensor, torch.Generator], torch.Tensor]
-    context: Callable[[torch.Tensor], dict[str, Any]]
+    context: Callable[[torch.Tensor], dict[str, Any]]  # batch positions -> forward kwargs
     generator: Callable[[], Any]
     save: Callable[[Path], Path]
     conditional: bool  # the PU risk is computed per condition
@@ -172,7 +180,7 @@ def _pixel_denoiser(config: TrainConfig, split: BuiltSplit, data: TrainingSet, d
     else:
         model = build_model(config.model_preset or spec.model_preset, spec.image_size, spec.channels, classes)
         noise_scheduler = build_noise_scheduler()
-    images = data.images.to(device)
+    images, conditions = data.images.to(device), data.conditions.to(device)
     shares = split.unlabeled_normal_condition_shares()
 
     def save(path: Path) -> Path:
@@ -184,7 +192,7 @@ def _pixel_denoiser(config: TrainConfig, split: BuiltSplit, data: TrainingSet, d
     return Denoiser(
         model=model, noise_scheduler=noise_scheduler,
         inputs=lambda idx, _generator: to_model_range(images[idx]),
-        context=(lambda cond: {"class_labels": cond}) if classes else (lambda cond: {}),
+        context=(lambda idx: {"class_labels": conditions[idx]}) if classes else (lambda idx: {}),
         generator=lambda: PixelGenerator(model, noise_scheduler, shares),
         save=save, conditional=classes is not None,
     )
@@ -206,7 +214,8 @@ def _latent_denoiser(config: TrainConfig, split: BuiltSplit, data: TrainingSet, 
     mean, std = latent.encode_images(components, data.images, device, dtype=amp_dtype)
     embeds = latent.encode_prompts(components, prompts, device)
     components.text_encoder.to("cpu")
-    shares = split.unlabeled_normal_condition_shares()
+    prompt_ids = data.prompt_ids.to(device)
+    shares = split.prompt_shares()
 
     def inputs(idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         noise = torch.randn(mean[idx].shape, generator=generator, device=mean.device)
@@ -214,11 +223,11 @@ def _latent_denoiser(config: TrainConfig, split: BuiltSplit, data: TrainingSet, 
 
     return Denoiser(
         model=components.unet, noise_scheduler=components.noise_scheduler, inputs=inputs,
-        context=lambda cond: {"encoder_hidden_states": embeds[cond]},
+        context=lambda idx: {"encoder_hidden_states": embeds[prompt_ids[idx]]},
         generator=lambda: latent.LatentGenerator(components, prompts, shares, config.guidance_scale,
                                                  split.spec.image_size, split.spec.channels),
         save=lambda path: latent.save_pipeline(components, path, lora=config.lora_rank is not None),
-        conditional=len(prompts) > 1,
+        conditional=split.is_conditional,
     )
 
 
@@ -376,7 +385,7 @@ def train(
         abar = alphas_cumprod[t].view(-1, 1, 1, 1)
         x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * noise  # = noise_scheduler.add_noise, without its per-call copy
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            eps_pred = wrapped(x_t, t, **denoiser.context(condition)).sample
+            eps_pred = wrapped(x_t, t, **denoiser.context(idx)).sample
         error = denoising_error(eps_pred, noise)
         risk = training_risk(risk_method, error, role, beta=beta, correction=config.correction,
                              eta=config.effective_eta, paper_weighting=config.paper_weighting,
@@ -456,7 +465,7 @@ def load_generator(pipeline_dir: Path, config: TrainConfig, split: BuiltSplit, d
                                              unet=pipe.unet.to(device), noise_scheduler=pipe.scheduler,
                                              source=config.pretrained)
         components.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-        return latent.LatentGenerator(components, split.prompts or ("",), split.unlabeled_normal_condition_shares(),
+        return latent.LatentGenerator(components, split.prompts or ("",), split.prompt_shares(),
                                       config.guidance_scale, split.spec.image_size, split.spec.channels)
     model = UNet2DModel.from_pretrained(str(pipeline_dir / "unet")).to(device).eval()
     noise_scheduler = DDPMScheduler.from_pretrained(str(pipeline_dir / "scheduler"))

@@ -12,8 +12,8 @@ from pudm_bench.splits import main
 from tests.dataset_files import write_mnist
 
 SHIPPED = (
-    "celeba_female", "celeba_male", "cifar10_animals", "cifar10_vehicles", "digits_even", "digits_odd",
-    "mnist_even", "mnist_odd", "stl10_animals", "stl10_vehicles",
+    "celeba_female", "celeba_male", "cifar10_animals", "cifar10_vehicles", "digits_even", "digits_even_cond",
+    "digits_odd", "mnist_even", "mnist_odd", "sd_middle_aged_man", "stl10_animals", "stl10_vehicles",
 )  # fmt: skip
 TORCHVISION_SPLITS = [name for name in SHIPPED if not name.startswith("digits")]
 # The pinned digits_even seed-0 fingerprint (see tests/data/test_splits.py).

@@ -12,6 +12,7 @@ from pudm_bench.data.base import (
     register_dataset,
 )
 import pudm_bench.data.datasets  # noqa: F401  (registers the built-in adapters on import)
+import pudm_bench.data.pufolder  # noqa: F401  (registers pufolder)
 
 __all__ = [
     "DatasetAdapter",

@@ -70,6 +70,10 @@ class DatasetAdapter:
     option_names: tuple[str, ...] = ()
     needs_root: bool = True
     description: str = ""
+    # Data that comes as PU bags rather than classes (``pufolder``): ``pu_bags(root, options)`` returns the
+    # unlabeled and labeled sensitive images as they are (``pudm_bench.data.pufolder.PUBags``); ``load`` then gives
+    # only the labeled held-out images the referee and the test sets use.
+    pu_bags: Callable[[Path, Mapping], object] | None = None
 
 
 _REGISTRY: dict[str, DatasetAdapter] = {}

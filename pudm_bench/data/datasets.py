@@ -1,4 +1,4 @@
-"""The six built-in dataset adapters: digits, mnist, cifar10, stl10, celeba, imagefolder.
+"""The six built-in dataset adapters: digits, mnist, cifar10, stl10, celeba, imagefolder (pufolder: pufolder.py).
 
 Each adapter turns one on-disk (or bundled) dataset into train/test ``ImageSource`` parts of uint8 (N, C, H, W)
 images. The torchvision datasets are read through torchvision's own loaders, so the on-disk formats are exactly
@@ -268,6 +268,18 @@ def _check_one_size(paths: Sequence[Path]) -> None:
             )
 
 
+def image_reader(channels: int, size: int | None) -> Callable[[Path], np.ndarray]:
+    """One image file -> uint8 (C, H, W): grey or RGB, centre-cropped and resized to ``size`` when given."""
+    def read(path: Path) -> np.ndarray:
+        with Image.open(path) as image:
+            image = image.convert("L" if channels == 1 else "RGB")
+            if size is not None:
+                image = _center_square(image).resize((size, size), Image.Resampling.BICUBIC)
+            return _to_chw(image)
+
+    return read
+
+
 def _load_imagefolder(root: Path | None, download: bool, options: Mapping) -> DatasetParts:
     channels, size = _imagefolder_options(options)
     root = _imagefolder_root(root)
@@ -282,13 +294,7 @@ def _load_imagefolder(root: Path | None, download: bool, options: Mapping) -> Da
                 (test if _is_test_position(position) else train).append((path, label))
     if size is None:
         _check_one_size([path for path, _ in train + test])
-
-    def read(path: Path) -> np.ndarray:
-        with Image.open(path) as image:
-            image = image.convert("L" if channels == 1 else "RGB")
-            if size is not None:
-                image = _center_square(image).resize((size, size), Image.Resampling.BICUBIC)
-            return _to_chw(image)
+    read = image_reader(channels, size)
 
     def part(items: list[tuple[Path, int]]) -> FileSource:
         return FileSource(tuple(p for p, _ in items), _labels([label for _, label in items]), class_names, read)

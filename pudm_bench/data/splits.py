@@ -354,10 +354,28 @@ class BuiltSplit:
     labeled_sensitive_conditions: torch.Tensor | None = None
     labeled_normal_conditions: torch.Tensor | None = None
     normal_test_conditions: torch.Tensor | None = None
+    # Text-to-image models: the prompt (index into ``prompts``) of each image of U, S and N where it differs from the
+    # condition (per-image captions of a folder split); None: the condition's prompt (or the one prompt).
+    unlabeled_prompt_ids: torch.Tensor | None = None
+    labeled_sensitive_prompt_ids: torch.Tensor | None = None
+    # False for folder splits whose U came without ground truth: unlabeled_is_sensitive is then all False and the
+    # counts in summary() are the split file's.
+    truth_known: bool = True
 
     @property
     def is_conditional(self) -> bool:
         return bool(self.conditions)
+
+    def prompt_shares(self) -> torch.Tensor | None:
+        """Each prompt's share of U (of U's normal images where known): the mix a text-to-image model is sampled
+        in; None with one prompt or none."""
+        if len(self.prompts) < 2:
+            return None
+        ids = self.unlabeled_prompt_ids if self.unlabeled_prompt_ids is not None else self.unlabeled_conditions
+        if self.truth_known and not bool(self.unlabeled_is_sensitive.all()):
+            ids = ids[~self.unlabeled_is_sensitive]
+        counts = torch.bincount(ids, minlength=len(self.prompts)).double()
+        return counts / counts.sum()
 
     def unlabeled_normal_condition_shares(self) -> torch.Tensor | None:
         """Each condition's share of U's normal images where known (else of all of U): the mix samples are drawn
@@ -376,8 +394,10 @@ class BuiltSplit:
             "dataset": self.spec.dataset,
             "split_seed": self.seed,
             "fingerprint": self.fingerprint,
-            "unlabeled_normal": int((~self.unlabeled_is_sensitive).sum()),
-            "unlabeled_sensitive": int(self.unlabeled_is_sensitive.sum()),
+            "unlabeled_normal": int((~self.unlabeled_is_sensitive).sum()) if self.truth_known
+            else self.spec.counts.unlabeled_normal,
+            "unlabeled_sensitive": int(self.unlabeled_is_sensitive.sum()) if self.truth_known
+            else self.spec.counts.unlabeled_sensitive,
             "labeled_sensitive": len(self.labeled_sensitive),
             "labeled_normal": len(self.labeled_normal),
             "normal_test": len(self.normal_test),
@@ -431,6 +451,8 @@ def build_split(spec: SplitSpec, seed: int = 0, data_dir: str | Path | None = No
     class_names = list(parts.train.class_names)
     check_class_names(spec, class_names)
     where = f"split {spec.name!r}"
+    if adapter.pu_bags is not None:
+        return _build_from_bags(spec, seed, adapter.pu_bags(root, spec.dataset_options), parts, where)
     normal_ids = [class_names.index(c) for c in spec.normal_classes]
     sensitive_ids = [class_names.index(c) for c in spec.sensitive_classes]
     rng = np.random.default_rng(seed)
@@ -493,6 +515,68 @@ def build_split(spec: SplitSpec, seed: int = 0, data_dir: str | Path | None = No
         labeled_sensitive_conditions=conditions(parts.train, indices["labeled_sensitive"]),
         labeled_normal_conditions=conditions(parts.train, indices["labeled_normal"]),
         normal_test_conditions=conditions(parts.test, indices["normal_test"]),
+    )
+
+
+def _build_from_bags(spec: SplitSpec, seed: int, bags: Any, parts: Any, where: str) -> BuiltSplit:
+    """A split whose U and S are given as folders (``pufolder``): U is used whole, S drawn to its count, the test
+    sets drawn from the labeled held-out images; each image's prompt from its caption or the split's prompt."""
+    counts = spec.counts
+    n_unlabeled = len(bags.unlabeled.paths)
+    declared = counts.unlabeled_normal + counts.unlabeled_sensitive
+    if declared != n_unlabeled:
+        raise ConfigError(f"{where}: counts.unlabeled_normal + counts.unlabeled_sensitive = {declared} but U's folder "
+                          f"holds {n_unlabeled} images; give U's composition as collected (it is only reported)")
+    if counts.labeled_normal:
+        raise ConfigError(f"{where}: counts.labeled_normal={counts.labeled_normal} but dataset pufolder has no "
+                          "labeled normal images to train on; remove it")
+    rng = np.random.default_rng(seed)
+    sensitive = _take(rng, np.arange(len(bags.sensitive.paths)), [("labeled_sensitive", counts.labeled_sensitive)],
+                      where, "the sensitive folder")["labeled_sensitive"]
+    names = list(parts.test.class_names)
+
+    def test_pool(cls: str) -> np.ndarray:
+        return np.flatnonzero(parts.test.labels.numpy() == names.index(cls))
+
+    normal_pool, sensitive_pool = test_pool("normal"), test_pool("sensitive")
+    n_nt = len(normal_pool) if counts.normal_test == ALL else counts.normal_test
+    n_st = len(sensitive_pool) if counts.sensitive_test == ALL else counts.sensitive_test
+    normal_test = _take(rng, normal_pool, [("normal_test", n_nt)], where, "eval/normal's test images")["normal_test"]
+    sensitive_test = _take(rng, sensitive_pool, [("sensitive_test", n_st)], where,
+                           "eval/sensitive's test images")["sensitive_test"]
+
+    root = Path(bags.unlabeled.paths[0]).parent.parent if n_unlabeled else Path(".")
+    u_names = [str(Path(path).relative_to(root)) for path in bags.unlabeled.paths]
+    s_names = [str(Path(bags.sensitive.paths[i]).relative_to(root)) for i in sensitive]
+    truth_known = bool(u_names) and all(name in bags.truth for name in u_names)
+    truth = torch.tensor([bags.truth.get(name, False) for name in u_names], dtype=torch.bool)
+    if truth_known and int(truth.sum()) != counts.unlabeled_sensitive:
+        raise ConfigError(f"{where}: metadata marks {int(truth.sum())} of U's images sensitive but "
+                          f"counts.unlabeled_sensitive={counts.unlabeled_sensitive}; make them agree")
+    texts_u = [bags.captions.get(name, spec.prompt or "") for name in u_names]
+    texts_s = [bags.captions.get(name, spec.prompt or "") for name in s_names]
+    prompts = tuple(dict.fromkeys(texts_u + texts_s)) if any(texts_u + texts_s) else ()
+    ids = {text: i for i, text in enumerate(prompts)}
+    indices = {"unlabeled": np.arange(n_unlabeled), "labeled_sensitive": sensitive,
+               "labeled_normal": np.zeros(0, dtype=np.int64), "normal_test": normal_test,
+               "sensitive_test": sensitive_test}
+
+    def read(source: Any, idx: np.ndarray) -> torch.Tensor:
+        if len(idx) == 0:
+            return torch.zeros((0, spec.channels, spec.image_size, spec.image_size), dtype=torch.uint8)
+        return convert_images(source.images(torch.from_numpy(idx)), spec.image_size, spec.channels)
+
+    return BuiltSplit(
+        spec=spec, seed=seed,
+        unlabeled=read(bags.unlabeled, indices["unlabeled"]), unlabeled_is_sensitive=truth,
+        labeled_sensitive=read(bags.sensitive, sensitive), labeled_normal=read(bags.unlabeled, indices["labeled_normal"]),
+        normal_test=read(parts.test, normal_test), sensitive_test=read(parts.test, sensitive_test),
+        indices=indices, fingerprint=split_fingerprint(spec, {**indices, "files": np.array(  # which files, not only how many
+            [int(hashlib.sha256("\n".join(u_names + s_names).encode()).hexdigest()[:12], 16)], dtype=np.int64)}),
+        prompts=prompts,
+        unlabeled_prompt_ids=torch.tensor([ids[t] for t in texts_u], dtype=torch.long) if prompts else None,
+        labeled_sensitive_prompt_ids=torch.tensor([ids[t] for t in texts_s], dtype=torch.long) if prompts else None,
+        truth_known=truth_known,
     )
 
 

@@ -52,8 +52,8 @@ def count_opens(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return opened
 
 
-def test_all_six_adapters_registered():
-    assert dataset_names() == ["celeba", "cifar10", "digits", "imagefolder", "mnist", "stl10"]
+def test_all_seven_adapters_registered():
+    assert dataset_names() == ["celeba", "cifar10", "digits", "imagefolder", "mnist", "pufolder", "stl10"]
 
 
 # ------------------------------------------------------------------------------------------- bundled and torchvision

@@ -38,8 +38,8 @@ DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight"
 EVEN = ("zero", "two", "four", "six", "eight")
 ODD = ("one", "three", "five", "seven", "nine")
 SHIPPED = (
-    "celeba_female", "celeba_male", "cifar10_animals", "cifar10_vehicles", "digits_even", "digits_odd",
-    "mnist_even", "mnist_odd", "stl10_animals", "stl10_vehicles",
+    "celeba_female", "celeba_male", "cifar10_animals", "cifar10_vehicles", "digits_even", "digits_even_cond",
+    "digits_odd", "mnist_even", "mnist_odd", "sd_middle_aged_man", "stl10_animals", "stl10_vehicles",
 )  # fmt: skip
 # digits_even built with split seed 0. If this changes, the same (split, seed) now names other images and every
 # previously recorded run's fingerprint no longer matches: only change it on purpose, and say so in the changelog.
