@@ -140,6 +140,13 @@ def add_lora(unet: Any, rank: int) -> None:
                                 target_modules=list(LORA_TARGETS)))
 
 
+def cast_frozen(module: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Store the frozen parameters in ``dtype``; trainable ones stay float32 (an optimizer updating half-precision
+    weights loses small steps)."""
+    for param in module.parameters():
+        param.data = param.data.float() if param.requires_grad else param.data.to(dtype)
+
+
 @torch.no_grad()
 def encode_prompts(components: LatentComponents, prompts: Sequence[str], device: torch.device) -> torch.Tensor:
     """CLIP text embeddings (P, L, D) of each prompt, padded to the tokenizer's maximum length as SD does."""
@@ -173,9 +180,14 @@ class LatentGenerator:
     """Samples a (fine-tuned) latent model: DDIM or DDPM in latent space with classifier-free guidance, decoded by
     the VAE and converted to the split's channels and size (``sampling.PixelGenerator``'s interface)."""
 
+    # Images per UNet call, whatever batch the evaluation asks for (500 by default, sized for small pixel models):
+    # a 512 px SD batch of 500 with guidance would need far more memory than any GPU has.
+    max_batch = 16
+
     def __init__(self, components: LatentComponents, prompts: Sequence[str], condition_shares: torch.Tensor | None,
-                 guidance_scale: float, image_size: int, channels: int) -> None:
+                 guidance_scale: float, image_size: int, channels: int, amp_dtype: torch.dtype | None = None) -> None:
         self.components = components
+        self.amp_dtype = amp_dtype  # the training autocast dtype: UNet forwards run under it, as in training
         self.prompts = tuple(prompts)
         self.condition_shares = condition_shares
         self.guidance_scale = guidance_scale
@@ -203,6 +215,7 @@ class LatentGenerator:
         shape = (unet.config.in_channels, latent_size, latent_size)
         scheduler = make_scheduler(c.noise_scheduler, sampler, steps)
         generator = torch.Generator(device="cpu").manual_seed(seed)
+        batch_size = min(batch_size, self.max_batch)
         chunks = []
         for start in range(0, num_images, batch_size):
             cond = conditions[start:start + batch_size]
@@ -213,7 +226,9 @@ class LatentGenerator:
                 text = torch.cat([uncond.expand(n, -1, -1), text])
             for t in scheduler.timesteps:
                 z_in = scheduler.scale_model_input(torch.cat([z, z]) if guided else z, t)
-                eps = unet(z_in, t, encoder_hidden_states=text).sample.float()
+                with torch.autocast(device.type, dtype=self.amp_dtype or torch.float32,
+                                    enabled=self.amp_dtype is not None):
+                    eps = unet(z_in, t, encoder_hidden_states=text).sample.float()
                 if guided:
                     eps_uncond, eps_text = eps.chunk(2)
                     eps = eps_uncond + self.guidance_scale * (eps_text - eps_uncond)

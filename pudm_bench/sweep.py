@@ -973,7 +973,7 @@ def pretrained_source(value: str | None) -> str | None:
         return str(path.resolve())
     if value.startswith((".", "/", "~")) or value.count("/") > 1:
         raise ConfigError(f"--pretrained={value!r}: no such folder; give a folder written by save_pretrained "
-                          "(a UNet or a DDPMPipeline) or a hub id such as google/ddpm-cifar10-32")
+                          "(a UNet, a DDPMPipeline or a StableDiffusionPipeline) or a hub id such as google/ddpm-cifar10-32")
     return value
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pudm_bench import benchmark, evaluate, fid, prior, report, splits, sweep, train
+from pudm_bench import benchmark, evaluate, fid, latent, prior, report, splits, sweep, train
 
 CLI_DOC = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
 COMMANDS = {
@@ -18,6 +18,7 @@ COMMANDS = {
     "python -m pudm_bench.evaluate": evaluate.build_parser,
     "python -m pudm_bench.splits": splits.build_parser,
     "python -m pudm_bench.fid": fid.build_parser,
+    "python -m pudm_bench.latent": latent.build_parser,
 }
 
 
@@ -58,7 +59,8 @@ def test_cli_reference_is_current(monkeypatch):
                     assert help_text in squeezed, f"{name}{suffix}: help of {action.dest!r} changed (regenerate docs/cli.md)"
 
 
-@pytest.mark.parametrize("doc", ["concepts.md", "splits.md", "cli.md", "metrics.md", "quickstart.md", "cluster.md"])
+@pytest.mark.parametrize("doc", ["concepts.md", "splits.md", "cli.md", "metrics.md", "quickstart.md", "cluster.md",
+                                 "large-models.md"])
 def test_readme_links_exist(doc):
     assert (CLI_DOC.parent / doc).is_file()
     assert f"docs/{doc}" in (CLI_DOC.parents[1] / "README.md").read_text()

@@ -155,6 +155,18 @@ CASES = [
     Case("split-count-larger-than-data", "split YAML", "splits", validate(un=5000), "lower the counts"),
     Case("split-unknown-dataset", "split YAML", "splits", validate(dataset="mnsit"), "did you mean 'mnist'"),
     Case("split-name-path-traversal", "split YAML", "splits", validate(name="../../etc/x"), "name='../../etc/x' is invalid"),
+    Case("split-class-in-two-conditions", "split YAML", "splits",
+         lambda tmp: ["validate", str(write(tmp / "in" / "splits" / "c.yaml", SPLIT.format(
+             name="c", dataset="digits", normal="[zero, two]", sensitive="[one]", un=50)
+             + "conditions: {a: [zero, one], b: [two, one]}\n"))], "class 'one' is in conditions 'a' and 'b'"),
+    # model
+    Case("sd-without-pretrained", "CLI flag", "sweep", sweep("--model", "sd"), "model=sd needs pretrained"),
+    Case("lora-without-sd", "CLI flag", "train", lambda tmp: ["--beta", "0.1", "--lora-rank", "4", "--out",
+                                                               str(tmp / "run")],
+         "lora_rank=4 applies to model=sd only"),
+    Case("sd-pipeline-missing", "CLI flag", "sweep", lambda tmp: sweep("--model", "sd", "--pretrained",
+                                                                       str(tmp / "in" / "no-such-sd"))(tmp),
+         "no such folder"),
     # search-space YAML
     Case("space-unsupported-kind", "search-space YAML", "sweep",
          with_space("  beta: {kind: normal, mean: 0.1, std: 0.05}\n"), "unknown distribution kind 'normal'"),

@@ -354,3 +354,14 @@ def test_smoke_sweep_on_the_latent_path(tiny_sd, tmp_path, mlflow_store, session
     # The trial's final checkpoint holds the LoRA adapters, loadable onto the base pipeline.
     adapters = list(store.glob("**/final/pipeline/lora/pytorch_lora_weights.safetensors"))
     assert adapters and all("lora" in k for k in load_file(adapters[0]))
+
+
+def test_lora_in_mixed_precision_keeps_adapters_float32(tiny_sd, cond_split, tmp_path):
+    """bf16 autocast (the CPU stand-in for fp16 on a GPU): frozen base weights stored in bf16, adapters float32."""
+    from pudm_bench.train import train
+
+    result = train(sd_config(tiny_sd, lora_rank=4, precision="bf16"), cond_split, tmp_path / "run")
+    dtypes = {(p.requires_grad, p.dtype) for p in result.model.parameters()}
+    assert dtypes == {(True, torch.float32), (False, torch.bfloat16)}
+    assert np.isfinite(result.metrics["loss"])
+    assert result.generator(2, steps=2, seed=0).images.shape == (2, 1, 8, 8)
