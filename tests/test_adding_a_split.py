@@ -109,3 +109,29 @@ def test_a_sweep_runs_on_the_new_split_from_its_file_alone(pets_sweep_losing_a_n
         assert 0.0 <= metrics["non_sensitive_rate"] <= 1.0 and metrics["fd_classifier"] > 0
     parent = client.search_runs([experiment.experiment_id], "tags.`pudm.kind` = 'sweep'")[0]
     assert parent.data.tags["pudm.split"] == "pets_no_dogs" and parent.data.tags["pudm.dataset"] == "imagefolder"
+
+
+def test_the_documented_pu_folder_validates_and_counts_its_files(tmp_path):
+    """The page's PU folder (section 4), at 8 px: its YAML validates against a folder laid out as the page shows;
+    one file too few in 0_unlabeled/ is a one-line error naming the count."""
+    from tests.test_latent import write_pu_folder
+
+    folder = tmp_path / "my_splits"
+    write_pu_folder(folder / "celeb", n_normal=64, n_sensitive_u=16, n_s=20, n_eval=10)
+    data = {**doc_split("celeb_case"), "image_size": 8, "dataset_options": {"channels": 3, "image_size": 8}}
+    (folder / "celeb.yaml").write_text(yaml.safe_dump(data))
+    result = run("pudm_bench.splits", "validate", str(folder / "celeb.yaml"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "celeb_case" in result.stdout and "64+16" in result.stdout
+    (folder / "celeb" / "0_unlabeled" / "n000.png").unlink()
+    (folder / "celeb" / "metadata.jsonl").unlink()
+    result = run("pudm_bench.splits", "validate", str(folder / "celeb.yaml"), cwd=tmp_path)
+    assert result.returncode != 0 and "= 80 but U's folder holds 79 images" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_the_documented_conditional_split_validates():
+    from pudm_bench.data.splits import build_split, parse_split
+
+    split = build_split(parse_split(doc_split("digits_small_large")))
+    assert split.conditions == ("small", "large") and split.prompts == ("a small digit", "")

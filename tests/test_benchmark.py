@@ -165,6 +165,20 @@ def test_pretrained_models_are_required_when_the_suite_fine_tunes_and_chosen_per
         settings_for(suite_file, tmp_path, "--pretrained", str(tmp_path / "missing"))
 
 
+def test_a_suite_can_fine_tune_stable_diffusion_with_lora(tmp_path):
+    """``train: {model: sd, lora_rank: 4}``: every run trains the latent model from --pretrained; the budget's pixel
+    UNet preset is dropped (a pipeline has its own UNet), the conditional split stays conditional."""
+    suite_file = write_suite(tmp_path, suite_data(splits=["digits_even_cond"], pretrained="required",
+                                                  train={"model": "sd", "lora_rank": 4}))
+    pipeline = tmp_path / "sd"
+    pipeline.mkdir()
+    cells = plan(settings_for(suite_file, tmp_path, "--pretrained", str(pipeline)), load_suite(str(suite_file))).cells
+    assert len(cells) == 4
+    for cell in cells.values():
+        config = TrainConfig.from_dict(cell["train_config"])
+        assert (config.model, config.lora_rank, config.model_preset, config.pretrained) == ("sd", 4, None, str(pipeline))
+
+
 def _outcome(cell: str, rate: float | None, quality: float | None, status: str = "TERMINATED", error=None) -> dict:
     result = {} if rate is None else {"non_sensitive_rate": rate, "fd_classifier": quality}
     return {"cell": cell, "trial_id": cell.replace("/", "_"), "status": status, "result": result, "error": error}
