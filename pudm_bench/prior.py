@@ -269,6 +269,9 @@ def filter_unlabeled(split: BuiltSplit, prior: float, seed: int = 0, config: Sco
     truth = split.unlabeled_is_sensitive.numpy()
     removed_mask = np.zeros(len(truth), bool)
     removed_mask[removed] = True
+    if not split.truth_known:  # a PU folder without ground truth: what was removed cannot be told apart
+        return FilterResult(removed=tuple(int(i) for i in removed), prior=float(prior),
+                            sensitive_removed_share=float("nan"), normal_removed_share=float("nan"))
     return FilterResult(
         removed=tuple(int(i) for i in removed), prior=float(prior),
         sensitive_removed_share=float(removed_mask[truth].mean()) if truth.any() else 0.0,
@@ -282,10 +285,13 @@ def without_unlabeled(split: BuiltSplit, removed: Sequence[int]) -> BuiltSplit:
 
     keep = torch.ones(len(split.unlabeled), dtype=torch.bool)
     keep[torch.as_tensor(list(removed), dtype=torch.long)] = False
-    conditions = None if split.unlabeled_conditions is None else split.unlabeled_conditions[keep]
+    def kept(values: torch.Tensor | None) -> torch.Tensor | None:
+        return None if values is None else values[keep]
+
     return dataclasses.replace(split, unlabeled=split.unlabeled[keep],
                                unlabeled_is_sensitive=split.unlabeled_is_sensitive[keep],
-                               unlabeled_conditions=conditions)
+                               unlabeled_conditions=kept(split.unlabeled_conditions),
+                               unlabeled_prompt_ids=kept(split.unlabeled_prompt_ids))
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -257,12 +257,24 @@ def test_pu_folder_split_reads_bags_prompts_and_truth(tmp_path):
     assert not split.is_conditional  # captions set the text; the PU risk stays pooled
     assert split.prompt_shares().tolist() == pytest.approx([0.5, 0.5])  # U's 12 normal images, 6 of each
     assert split.summary()["unlabeled_sensitive"] == 3
+    from pudm_bench.prior import without_unlabeled  # the filter's training set keeps each image's prompt
+
+    assert without_unlabeled(split, [0, 1]).unlabeled_prompt_ids.tolist() == [i % 2 for i in range(2, 15)]
     # Without metadata: the split's one prompt, U's truth unknown (the declared counts are reported).
     plain = write_pu_folder(tmp_path / "plain", captions=False)
     (plain / "metadata.jsonl").unlink()
     split = build_split(load_split_file(pu_split_file(tmp_path / "splits2", plain)), seed=0)
     assert split.prompts == ("a photo of a man",) and not split.truth_known
     assert split.summary()["unlabeled_sensitive"] == 3 and split.prompt_shares() is None
+    # The filter baseline runs, but without ground truth cannot say what it removed.
+    from dataclasses import replace
+
+    from pudm_bench.prior import DEFAULT_SCORER, filter_unlabeled
+
+    result = filter_unlabeled(split, 0.2, config=replace(DEFAULT_SCORER, steps=5))
+    assert len(result.removed) == 3 and np.isnan(result.sensitive_removed_share)
+    kept = without_unlabeled(split, result.removed)
+    assert len(kept.unlabeled) == 12 and len(kept.unlabeled_is_sensitive) == 12
 
 
 @pytest.mark.parametrize("change, message", [
