@@ -52,12 +52,13 @@ def budget_for(name: str, split: SplitSpec) -> Budget:
     if split.dataset == "pufolder":
         return _folder_budget(name, split)
     if name == "smoke":
-        # Seconds on a CPU even at 96 px: tiny batches of the "tiny" UNet (no attention) away from digits. No
+        # Seconds on a CPU even at 96 px: tiny batches of the "tiny" UNet (no attention) and 24 samples (DDIM-5 at
+        # 96 px: 0.2 s each on one thread) away from digits. No
         # coverage away from digits: its per-class referee (a ResNet-18 above 32 px) would cost as much again as the
         # binary one, about 50 s on 2 cores for STL10, for scores a smoke run does not read.
         return Budget(name, steps=20, batch_size=32 if digits else 8, lr=1e-3, warmup_steps=5, log_every=10,
                       checkpoint_every=10,
-                      num_samples=48, sampler="ddim", sample_steps=5,
+                      num_samples=48 if digits else 24, sampler="ddim", sample_steps=5,
                       model_preset=None if digits else "tiny", referee_epochs=None if digits else 3, prior_steps=30,
                       diversity="auto" if digits else "off")
     if name == "cpu":

@@ -111,23 +111,25 @@ def test_a_sweep_runs_on_the_new_split_from_its_file_alone(pets_sweep_losing_a_n
     assert parent.data.tags["pudm.split"] == "pets_no_dogs" and parent.data.tags["pudm.dataset"] == "imagefolder"
 
 
-def test_the_documented_pu_folder_validates_and_counts_its_files(tmp_path):
+def test_the_documented_pu_folder_validates_and_counts_its_files(tmp_path, capsys):
     """The page's PU folder (section 4), at 8 px: its YAML validates against a folder laid out as the page shows;
-    one file too few in 0_unlabeled/ is a one-line error naming the count."""
+    one file too few in 0_unlabeled/ is a one-line error naming the count. (In this process: the subprocess runs
+    of the other pages' examples already cover the command as users run it.)"""
+    from pudm_bench.splits import main
     from tests.test_latent import write_pu_folder
 
     folder = tmp_path / "my_splits"
     write_pu_folder(folder / "celeb", n_normal=64, n_sensitive_u=16, n_s=20, n_eval=10)
     data = {**doc_split("celeb_case"), "image_size": 8, "dataset_options": {"channels": 3, "image_size": 8}}
     (folder / "celeb.yaml").write_text(yaml.safe_dump(data))
-    result = run("pudm_bench.splits", "validate", str(folder / "celeb.yaml"), cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert "celeb_case" in result.stdout and "64+16" in result.stdout
+    assert main(["validate", str(folder / "celeb.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "celeb_case" in out and "64+16" in out
     (folder / "celeb" / "0_unlabeled" / "n000.png").unlink()
     (folder / "celeb" / "metadata.jsonl").unlink()
-    result = run("pudm_bench.splits", "validate", str(folder / "celeb.yaml"), cwd=tmp_path)
-    assert result.returncode != 0 and "= 80 but U's folder holds 79 images" in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
+    assert main(["validate", str(folder / "celeb.yaml")]) != 0
+    err = capsys.readouterr().err
+    assert "= 80 but U's folder holds 79 images" in err and len(err.strip().splitlines()) == 1
 
 
 def test_the_documented_conditional_split_validates():
