@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = [["train_step.py"], ["conditional_step.py"], ["eval_cost.py"], ["ddp_scaling.py"], ["sweep_overhead.py"]]
+SCRIPTS = [["train_step.py"], ["eval_cost.py"], ["ddp_scaling.py"], ["sweep_overhead.py"]]
 
 
 def main() -> int:
