@@ -191,15 +191,20 @@ def _read_celeba(root: Path, split: str, download: bool, options: Mapping) -> Im
 # ---------------------------------------------------------------------------------------------------- imagefolder
 
 
-def _imagefolder_options(options: Mapping) -> tuple[int, int | None]:
-    check_options(get_dataset("imagefolder"), options)
+def folder_options(dataset: str, options: Mapping) -> tuple[int, int | None]:
+    """The ``channels`` (default 3) and ``image_size`` (default: keep) options of a folder dataset, checked."""
+    check_options(get_dataset(dataset), options)
     channels = options.get("channels", 3)
     if channels not in (1, 3) or isinstance(channels, bool):
-        raise ConfigError(f"dataset imagefolder: dataset_options.channels must be 1 or 3, got {channels!r}")
+        raise ConfigError(f"dataset {dataset}: dataset_options.channels must be 1 or 3, got {channels!r}")
     size = options.get("image_size")
     if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 1):
-        raise ConfigError(f"dataset imagefolder: dataset_options.image_size must be a positive integer, got {size!r}")
+        raise ConfigError(f"dataset {dataset}: dataset_options.image_size must be a positive integer, got {size!r}")
     return channels, size
+
+
+def _imagefolder_options(options: Mapping) -> tuple[int, int | None]:
+    return folder_options("imagefolder", options)
 
 
 def _imagefolder_root(root: Path | None) -> Path:

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from pudm_bench.data.base import DatasetAdapter, DatasetParts, check_options, get_dataset, register_dataset
+from pudm_bench.data.base import DatasetAdapter, DatasetParts, register_dataset
 from pudm_bench.data.datasets import (FileSource, _image_files, _imagefolder_root, _labels, _load_imagefolder,
-                                      image_reader)
+                                      folder_options, image_reader)
 from pudm_bench.errors import ConfigError, DataNotFoundError
 
 UNLABELED_DIR = "0_unlabeled"
@@ -47,14 +47,7 @@ class PUBags:
 
 
 def _options(options: Mapping) -> tuple[int, int | None]:
-    check_options(get_dataset("pufolder"), options)
-    channels = options.get("channels", 3)
-    if channels not in (1, 3) or isinstance(channels, bool):
-        raise ConfigError(f"dataset pufolder: dataset_options.channels must be 1 or 3, got {channels!r}")
-    size = options.get("image_size")
-    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 1):
-        raise ConfigError(f"dataset pufolder: dataset_options.image_size must be a positive integer, got {size!r}")
-    return channels, size
+    return folder_options("pufolder", options)
 
 
 def _root(root: Path | None) -> Path:
