@@ -202,6 +202,10 @@ def _latent_denoiser(config: TrainConfig, split: BuiltSplit, data: TrainingSet, 
                      amp_dtype: torch.dtype | None) -> Denoiser:
     from pudm_bench import latent
 
+    if split.is_conditional and len(set(split.prompts)) < len(split.prompts):
+        raise ConfigError(f"split {split.spec.name!r}: its conditions {', '.join(split.conditions)} need different "
+                          "prompts for model=sd (a text-to-image model tells conditions apart only by their text); "
+                          "give each condition a prompt")
     components = latent.load_components(config.pretrained)
     latent.check_geometry(components, split.spec.image_size)
     if config.lora_rank is not None:

@@ -161,6 +161,18 @@ def test_train_cli_writes_a_reloadable_sd_run_and_evaluate_scores_it(tiny_sd, tm
     assert 0.0 <= metrics["non_sensitive_rate"] <= 1.0
 
 
+def test_conditions_need_their_own_prompts_for_sd(tiny_sd, tmp_path):
+    from pudm_bench.data.splits import parse_split
+    from pudm_bench.train import train
+
+    data = yaml.safe_load(Path(get_split("digits_even_cond").source).read_text())
+    data["conditions"] = {name: entry["classes"] for name, entry in data["conditions"].items()}  # no prompts
+    split = build_split(parse_split(data))
+    with pytest.raises(ConfigError, match="conditions low, high need different prompts for model=sd"):
+        train(sd_config(tiny_sd), split, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("changes, message", [
     (dict(pretrained=None), "model=sd needs pretrained"),
     (dict(model="unet", lora_rank=4, pretrained=None), "lora_rank=4 applies to model=sd only"),
