@@ -469,10 +469,11 @@ def load_generator(pipeline_dir: Path, config: TrainConfig, split: BuiltSplit, d
         from pudm_bench import latent
 
         pipe = latent.load_trained(pipeline_dir, base=config.pretrained)
+        # Sampling starts from the training (DDPM) schedule's betas, as after training.
         components = latent.LatentComponents(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
-                                             unet=pipe.unet.to(device), noise_scheduler=pipe.scheduler,
+                                             unet=pipe.unet.to(device),
+                                             noise_scheduler=DDPMScheduler.from_config(pipe.scheduler.config),
                                              source=config.pretrained)
-        components.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
         return latent.LatentGenerator(components, split.prompts or ("",), split.prompt_shares(),
                                       config.guidance_scale, split.spec.image_size, split.spec.channels)
     model = UNet2DModel.from_pretrained(str(pipeline_dir / "unet")).to(device).eval()
