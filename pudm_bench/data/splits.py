@@ -14,6 +14,7 @@ part):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -366,27 +367,26 @@ class BuiltSplit:
     def is_conditional(self) -> bool:
         return bool(self.conditions)
 
+    def _unlabeled_shares(self, ids: torch.Tensor, count: int) -> torch.Tensor:
+        """Each id's share of U's normal images (of all of U where the truth is unknown: then nothing is marked
+        sensitive): what the model was shown, as for the coverage reference."""
+        if not bool(self.unlabeled_is_sensitive.all()):
+            ids = ids[~self.unlabeled_is_sensitive]
+        counts = torch.bincount(ids, minlength=count).double()
+        return counts / counts.sum()
+
     def prompt_shares(self) -> torch.Tensor | None:
-        """Each prompt's share of U (of U's normal images where known): the mix a text-to-image model is sampled
-        in; None with one prompt or none."""
+        """Each prompt's share of U: the mix a text-to-image model is sampled in; None with fewer than two."""
         if len(self.prompts) < 2:
             return None
         ids = self.unlabeled_prompt_ids if self.unlabeled_prompt_ids is not None else self.unlabeled_conditions
-        if self.truth_known and not bool(self.unlabeled_is_sensitive.all()):
-            ids = ids[~self.unlabeled_is_sensitive]
-        counts = torch.bincount(ids, minlength=len(self.prompts)).double()
-        return counts / counts.sum()
+        return self._unlabeled_shares(ids, len(self.prompts))
 
     def unlabeled_normal_condition_shares(self) -> torch.Tensor | None:
-        """Each condition's share of U's normal images where known (else of all of U): the mix samples are drawn
-        in, i.e. what the model was shown, as for the coverage reference."""
+        """Each condition's share of U: the mix a conditional model is sampled in; None when unconditional."""
         if not self.is_conditional:
             return None
-        conditions = self.unlabeled_conditions
-        if not bool(self.unlabeled_is_sensitive.all()):
-            conditions = conditions[~self.unlabeled_is_sensitive]
-        counts = torch.bincount(conditions, minlength=len(self.conditions)).double()
-        return counts / counts.sum()
+        return self._unlabeled_shares(self.unlabeled_conditions, len(self.conditions))
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -489,10 +489,7 @@ def build_split(spec: SplitSpec, seed: int = 0, data_dir: str | Path | None = No
     def conditions(source: ImageSource, idx: np.ndarray) -> torch.Tensor | None:
         return None if condition_of is None else condition_of[source.labels[torch.from_numpy(idx)].long()]
 
-    def read(source: ImageSource, idx: np.ndarray) -> torch.Tensor:
-        if len(idx) == 0:
-            return torch.zeros((0, spec.channels, spec.image_size, spec.image_size), dtype=torch.uint8)
-        return convert_images(source.images(torch.from_numpy(idx)), spec.image_size, spec.channels)
+    read = functools.partial(_read_part, spec)
 
     return BuiltSplit(
         spec=spec,
@@ -516,6 +513,13 @@ def build_split(spec: SplitSpec, seed: int = 0, data_dir: str | Path | None = No
         labeled_normal_conditions=conditions(parts.train, indices["labeled_normal"]),
         normal_test_conditions=conditions(parts.test, indices["normal_test"]),
     )
+
+
+def _read_part(spec: SplitSpec, source: ImageSource, idx: np.ndarray) -> torch.Tensor:
+    """The images ``idx`` of ``source`` at the split's size and channels (an empty, correctly shaped tensor for none)."""
+    if len(idx) == 0:
+        return torch.zeros((0, spec.channels, spec.image_size, spec.image_size), dtype=torch.uint8)
+    return convert_images(source.images(torch.from_numpy(idx)), spec.image_size, spec.channels)
 
 
 def _build_from_bags(spec: SplitSpec, seed: int, bags: Any, parts: Any, where: str) -> BuiltSplit:
@@ -561,10 +565,7 @@ def _build_from_bags(spec: SplitSpec, seed: int, bags: Any, parts: Any, where: s
                "labeled_normal": np.zeros(0, dtype=np.int64), "normal_test": normal_test,
                "sensitive_test": sensitive_test}
 
-    def read(source: Any, idx: np.ndarray) -> torch.Tensor:
-        if len(idx) == 0:
-            return torch.zeros((0, spec.channels, spec.image_size, spec.image_size), dtype=torch.uint8)
-        return convert_images(source.images(torch.from_numpy(idx)), spec.image_size, spec.channels)
+    read = functools.partial(_read_part, spec)
 
     return BuiltSplit(
         spec=spec, seed=seed,
