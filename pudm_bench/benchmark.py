@@ -19,6 +19,7 @@ Suite file::
       unsupervised: {method: unsupervised}
       pu-abs: {method: pu, correction: abs, beta: 0.15}
       pnu: {method: pnu, correction: abs, beta: 0.15}   # only on splits with labeled normal data
+      pu-abs-warm: {method: pu, beta: 0.15, init: unsupervised, steps: 600}   # fine-tunes that label's run
     unlabeled_sensitive_shares: [0.05, 0.1, 0.2]   # optional split option: each split at each sensitive share of U
     train: {lr: 1.0e-3}             # optional: TrainConfig overrides for every run
     pretrained: required            # optional: fine-tune; "required" (needs --pretrained) or dataset -> model
@@ -38,22 +39,24 @@ from typing import Any, Iterable, Sequence
 
 from pudm_bench.budgets import BUDGETS, budget_for, budget_train_values
 from pudm_bench.config import TrainConfig
-from pudm_bench.data.splits import SplitSpec, build_split, get_split
+from pudm_bench.data.splits import SplitSpec, get_split
 from pudm_bench.errors import ArgumentParser, ConfigError, PudmError, check_keys, read_yaml, unknown_name
 
 BUILTIN_SUITES_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "suites"
 SUITE_KEYS = ("name", "description", "splits", "seeds", "budget", "methods", "train", "pretrained",
               "unlabeled_sensitive_shares")
-METHOD_KEYS = ("method", "correction", "beta", "eta", "paper_weighting")
+METHOD_KEYS = ("method", "correction", "beta", "eta", "paper_weighting", "init")
 # TrainConfig fields a suite's ``train:`` may not set: the runner owns them.
-RUNNER_OWNED = ("split", "method", "beta", "correction", "eta", "seed", "pretrained", "data_dir", "download",
+RUNNER_OWNED = ("split", "method", "beta", "correction", "eta", "seed", "pretrained", "init_from", "data_dir", "download",
                 "splits_dirs", "sample", "device", "unlabeled_sensitive_share")
 RATE = "non_sensitive_rate"
 # Reported by runs that estimate beta (beta: auto) or filter U (method filter); "prior_true" is the split's truth.
 PRIOR_COLUMNS = ("prior_true", "prior_estimate", "prior_std", "beta_used", "filter_sensitive_removed_share",
                  "filter_normal_removed_share")
-# What the diversity table shows per split and method (diversity.py): normal-class coverage and precision/recall.
-DIVERSITY_COLUMNS = ("coverage_tv", "coverage_missing", "precision", "recall")
+# What the diversity table shows per split and method (diversity.py): normal-class coverage and precision/recall,
+# and whether the samples look real at all (evaluate.realism_metrics).
+DIVERSITY_COLUMNS = ("coverage_tv", "coverage_missing", "precision", "recall", "realistic_share",
+                     "realistic_non_sensitive_rate")
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,8 @@ class MethodSpec:
     label: str
     method: str
     params: dict[str, Any] = field(default_factory=dict)  # correction, beta, eta, paper_weighting
+    # Warm start: the label of another method of the suite whose run (same split and seed) this one fine-tunes from.
+    init: str | None = None
 
     @property
     def needs_labeled_normal(self) -> bool:
@@ -105,12 +110,23 @@ def parse_suite(data: Any, source: str = "<memory>") -> Suite:
         # A method may also set training fields (e.g. its own lr): they override the suite's train: for its runs.
         train_fields = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in RUNNER_OWNED]
         check_keys(spec, METHOD_KEYS + tuple(train_fields), f"{where}: methods.{label}", required=("method",))
-        params = {k: v for k, v in spec.items() if k != "method"}
+        params = {k: v for k, v in spec.items() if k not in ("method", "init")}
         try:  # the method's own checks (known method, prior in (0, 1), eta only for pnu) at load time
             TrainConfig(method=spec["method"], **params)
         except ConfigError as exc:
             raise ConfigError(f"{where}: methods.{label}: {exc}") from None
-        methods.append(MethodSpec(str(label), spec["method"], params))
+        methods.append(MethodSpec(str(label), spec["method"], params, spec.get("init")))
+    sources = {m.label: m for m in methods}
+    for m in methods:
+        if m.init is None:
+            continue
+        if m.init not in sources or m.init == m.label:
+            others = [label for label in sources if label != m.label]
+            raise ConfigError(f"{where}: methods.{m.label}: init={m.init!r} is not another method of this suite; "
+                              f"expected one of {', '.join(others)}")
+        if sources[m.init].init is not None:
+            raise ConfigError(f"{where}: methods.{m.label}: init={m.init!r} is itself warm-started (init="
+                              f"{sources[m.init].init!r}); warm-start from a method trained from scratch")
     seeds = data.get("seeds", 3)
     if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
         raise ConfigError(f"{where}: seeds={seeds!r} is invalid: expected an integer >= 1")
@@ -209,6 +225,7 @@ class Plan:
     splits: dict[str, SplitSpec]
     cells: dict[str, dict[str, Any]]
     skipped: list[tuple[str, str, str]]  # (split, method label, reason)
+    budget: str = "cpu"
 
 
 def pretrained_for(settings: BenchmarkSettings, suite: Suite, split: SplitSpec) -> str | None:
@@ -252,25 +269,37 @@ def plan(settings: BenchmarkSettings, suite: Suite) -> Plan:
                               unlabeled_sensitive_share=split.unlabeled_sensitive_share)
                 values.update(suite.train)
                 values.update(method=method.method, **method.params)
+                if method.init is not None:
+                    values["init_from"] = f"<{method.init}>"  # validated with a stand-in; CellSearcher sets the path
                 if values.get("model", "unet") != "unet":
                     values["model_preset"] = None  # a latent model's architecture is its pipeline's
                     values.setdefault("pretrained", pretrained)
                 try:
-                    config = TrainConfig(**values)
+                    config = TrainConfig(**values).replace(init_from=None)
                 except ConfigError as exc:
                     raise ConfigError(f"suite {suite.name!r}, split {split.name}, method {method.label}: {exc}") from None
                 evaluation = make_eval_config(budget, split.quality_metric, seed, settings.referee_floor,
                                               settings.referee_epochs, settings.run_dir / "cache")
                 cell_id = f"{split.name}/{method.label}/seed{seed}"
+                init = {} if method.init is None else {"init": f"{split.name}/{method.init}/seed{seed}"}
                 cells[cell_id] = {
+                    **init,
                     "train_config": config.to_dict(), "eval_config": asdict(evaluation),
                     "params": {"split": split.name, "label": method.label, "method": method.method, "seed": seed,
                                "lr": config.lr, "steps": config.steps, "batch_size": config.batch_size,
-                               **method.params, **({"pretrained": pretrained} if pretrained else {})},
+                               **method.params, **({"pretrained": pretrained} if pretrained else {}),
+                               **({"init_from": init["init"]} if init else {})},
                     "tags": {"pudm.role": "benchmark", "pudm.split": split.name, "pudm.method": method.label,
                              "pudm.seed": seed},
                 }
-    return Plan(suite, splits, cells, skipped)
+    # A warm start whose source is not run on that split (e.g. pnu without labeled normal data) is not run either.
+    for cell_id, cell in list(cells.items()):
+        if cell.get("init") and cell["init"] not in cells:
+            del cells[cell_id]
+            split_name, label = cell["params"]["split"], cell["params"]["label"]
+            if cell["params"]["seed"] == 0:
+                skipped.append((split_name, label, f"its warm start {cell['init'].split('/')[1]} is not run there"))
+    return Plan(suite, splits, cells, skipped, settings.budget)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -281,11 +310,17 @@ def runs_frame(outcomes: list[dict[str, Any]], the_plan: Plan):
     """One row per training run: split, method label, seed, status, the two objectives and timings."""
     import pandas as pd
 
+    from pudm_bench.pareto import METRIC_DIRECTIONS, parse_constraint
+    from pudm_bench.sweep import default_constraints
+
     rows = []
     for outcome in outcomes:
         cell = the_plan.cells[outcome["cell"]]
         split = the_plan.splits[cell["params"]["split"]]
         result = outcome["result"]
+        # The sweep's default constraints, applied to every run: a run that breaks one is flagged in the tables.
+        constraints = [parse_constraint(text, METRIC_DIRECTIONS)
+                       for text in default_constraints(split, budget_for(the_plan.budget, split))]
         rate, quality = result.get(RATE), result.get(split.quality_metric)
         finite = all(isinstance(v, (int, float)) and math.isfinite(v) for v in (rate, quality))
         ok = finite and outcome["status"] == "TERMINATED"
@@ -302,6 +337,9 @@ def runs_frame(outcomes: list[dict[str, Any]], the_plan: Plan):
             **{key: result.get(key, math.nan) if ok else math.nan for key in DIVERSITY_COLUMNS},
             "coverage_missing_classes": result.get("coverage_missing_classes") if ok else None,
             "coverage_tv_real_normal": result.get("coverage_tv_real_normal", math.nan) if ok else math.nan,
+            "realistic_share_real": result.get("realistic_share_real", math.nan) if ok else math.nan,
+            "fd_per_class": result.get("fd_per_class", math.nan) if ok else math.nan,
+            "violations": ", ".join(str(c) for c in constraints if not c.holds(result.get(c.metric))) if ok else "",
         })
     order = {cell_id: i for i, cell_id in enumerate(the_plan.cells)}
     frame = pd.DataFrame(rows)
@@ -339,6 +377,10 @@ def summary_table(runs, the_plan: Plan):
                 "coverage_missing_classes": _missing_counts(done),
                 "coverage_tv_real_normal": done["coverage_tv_real_normal"].mean()
                 if len(done) and "coverage_tv_real_normal" in done else math.nan,
+                "realistic_share_real": done["realistic_share_real"].mean()
+                if len(done) and "realistic_share_real" in done else math.nan,
+                # Runs that break a default constraint (a dropped normal class, samples mostly unrealistic).
+                "flagged": int((done["violations"] != "").sum()) if len(done) and "violations" in done else 0,
             })
     return pd.DataFrame(rows)
 
@@ -362,23 +404,36 @@ def _mean_std(mean: float, std: float, digits: int) -> str:
 def markdown_table(table, the_plan: Plan) -> str:
     """The paper's layout: one row per method, per split a column pair (non-sensitive rate up, quality down)."""
     splits = list(the_plan.splits.values())
+    realistic = "realistic_non_sensitive_rate_mean" in table and table["realistic_non_sensitive_rate_mean"].notna().any()
     header = ["method"]
     for split in splits:
-        header += [f"{split.name} non-sensitive ↑", f"{split.name} {split.quality_metric} ↓"]
+        header += [f"{split.name} non-sensitive ↑"] + ([f"{split.name} realistic non-sensitive ↑"] if realistic else [])
+        header += [f"{split.name} {split.quality_metric} ↓"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for method in the_plan.suite.methods:
         cells = [method.label]
         for split in splits:
             row = table[(table.split == split.name) & (table.method == method.label)]
             if not len(row):
-                cells += ["—", "—"]
+                cells += ["—"] * (3 if realistic else 2)
                 continue
             r = row.iloc[0]
             note = f" ({int(r.n)}/{int(r.planned)})" if r.n != r.planned else ""
-            cells += [_mean_std(r.rate_mean, r.rate_std, 3) + note, _mean_std(r.quality_mean, r.quality_std, 3) + note]
+            flag = f" ⚑{int(r.flagged)}/{int(r.n)}" if getattr(r, "flagged", 0) else ""
+            cells.append(_mean_std(r.rate_mean, r.rate_std, 3) + note + flag)
+            if realistic:
+                cells.append(_mean_std(r.realistic_non_sensitive_rate_mean, r.realistic_non_sensitive_rate_std, 3))
+            cells.append(_mean_std(r.quality_mean, r.quality_std, 3) + note)
         lines.append("| " + " | ".join(cells) + " |")
     seeds = max((int(n) for n in table.planned), default=0) if len(table) else 0
     notes = [f"Mean ± sample standard deviation over {seeds} training seed(s); (k/n): only k of n runs finished."]
+    if len(table) and table["flagged"].sum():
+        notes.append("⚑k/n: k of the n runs break a default constraint of the sweep (a normal class under half its "
+                     "share, or samples mostly off the real-image manifold: docs/metrics.md); a sweep keeps such "
+                     "trials off its Pareto front.")
+    if realistic:
+        notes.append("Realistic non-sensitive: the share of samples that are both called normal and inside the k-NN "
+                     "manifold of real test images (per-class referee features).")
     if the_plan.skipped:
         notes.append("—: not run (" + "; ".join(sorted({f"{m} on {s}: {why}" for s, m, why in the_plan.skipped})) + ").")
     return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n" + diversity_table(table, the_plan)
@@ -396,16 +451,21 @@ def diversity_table(table, the_plan: Plan) -> str:
         rows = table[table.split == split.name]
         if not len(rows) or rows["precision_mean"].isna().all():
             continue
-        out += [f"**{split.name}**", "", "| method | coverage TV ↓ | under half their share | precision ↑ | recall ↑ |",
-                "|---|---|---|---|---|"]
+        out += [f"**{split.name}**", "", "| method | coverage TV ↓ | under half their share | precision ↑ | recall ↑ | "
+                                         "realistic share ↑ |", "|---|---|---|---|---|---|"]
         for r in rows.itertuples():
             tv = _mean_std(r.coverage_tv_mean, r.coverage_tv_std, 3) if math.isfinite(r.coverage_tv_mean) else "—"
             out.append(f"| {r.method} | {tv} | {r.coverage_missing_classes or 'none'} | "
-                       f"{_mean_std(r.precision_mean, r.precision_std, 3)} | {_mean_std(r.recall_mean, r.recall_std, 3)} |")
+                       f"{_mean_std(r.precision_mean, r.precision_std, 3)} | {_mean_std(r.recall_mean, r.recall_std, 3)} | "
+                       f"{_mean_std(r.realistic_share_mean, r.realistic_share_std, 3)} |")
         floor = rows["coverage_tv_real_normal"].dropna()
-        if len(floor):
-            out += ["", f"Real normal test images, scored the same way: coverage TV {floor.iloc[0]:.3f} (the floor; "
-                        "the reference is the class mix of U's normal images)."]
+        real = rows["realistic_share_real"].dropna() if "realistic_share_real" in rows else floor[:0]
+        if len(floor) or len(real):
+            out += ["", "Real held-out images, scored the same way: "
+                    + (f"coverage TV {floor.iloc[0]:.3f} (the floor; the reference is the class mix of U's normal "
+                       "images)" if len(floor) else "")
+                    + ("; " if len(floor) and len(real) else "")
+                    + (f"realistic share {real.iloc[0]:.3f} (U's images; the ceiling)" if len(real) else "") + "."]
         out.append("")
     return "\n".join(out)
 
@@ -462,7 +522,7 @@ def table_metrics(table) -> dict[str, float]:
 def run_benchmark(settings: BenchmarkSettings, resume: bool = False, ray_address: str | None = None,
                   num_cpus: int | None = None, verbose: int = 1) -> dict[str, Any]:
     from pudm_bench import sweep, tracking
-    from pudm_bench.referee import check_referee, get_class_referee, get_referee
+    from pudm_bench.evaluate import EvalConfig
 
     suite = load_suite(settings.suite_file)
     the_plan = plan(settings, suite)
@@ -476,21 +536,12 @@ def run_benchmark(settings: BenchmarkSettings, resume: bool = False, ray_address
 
     # Everything that can fail on bad input, before Ray starts: data present with the right counts, referees
     # strong enough, FID weights where a split scores with FID, the tracking store reachable.
+    tracking.check_tracking_reachable(settings.mlflow_uri)
     fingerprints = {}
     for split in the_plan.splits.values():
-        fingerprints[split.name] = build_split(split, data_dir=settings.data_dir, download=settings.download).fingerprint
-        budget = budget_for(settings.budget, split)
-        referee = get_referee(split, data_dir=settings.data_dir, download=settings.download,
-                              cache_dir=run_dir / "cache", epochs=settings.referee_epochs or budget.referee_epochs)
-        check_referee(referee, settings.referee_floor)
-        if budget.diversity != "off":  # coverage's per-class referee: trained once, here
-            get_class_referee(split, data_dir=settings.data_dir, download=settings.download,
-                              cache_dir=run_dir / "cache", epochs=settings.referee_epochs or budget.referee_epochs)
-        if split.quality_metric == "fid":
-            from pudm_bench.fid import resolve_fid_weights
-
-            resolve_fid_weights(None)
-    tracking.check_tracking_reachable(settings.mlflow_uri)
+        evaluation = EvalConfig(**next(c["eval_config"] for c in the_plan.cells.values()
+                                       if c["params"]["split"] == split.name))
+        fingerprints[split.name] = sweep.prepare_scoring(split, evaluation, settings.data_dir, settings.download)
 
     has_gpus = sweep.start_ray(ray_address, num_cpus, verbose)
     gpus = settings.gpus_per_worker if settings.gpus_per_worker is not None else (1.0 if has_gpus else 0.0)

@@ -86,6 +86,9 @@ class TrainConfig:
     device: str = "auto"
     model_preset: str | None = None
     pretrained: str | None = None
+    # Warm start: the final model of another run of the same split (its run directory, a trial's final checkpoint
+    # or a pipeline folder); fresh optimizer and schedule, this run's own steps (train.resolve_init_from).
+    init_from: str | None = None
     model: str = "unet"
     # sd only: LoRA adapters of this rank instead of training the whole UNet; classifier-free guidance when sampling;
     # activation checkpointing in the UNet (less memory, ~30% slower steps).
@@ -138,6 +141,13 @@ class TrainConfig:
         _choice("precision", self.precision, PRECISIONS)
         _choice("device", self.device, DEVICES)
         _choice("model", self.model, MODELS)
+        if self.init_from is not None:
+            if self.pretrained is not None:
+                raise ConfigError(f"init_from={self.init_from!r} and pretrained={self.pretrained!r} both give the "
+                                  "initial weights; keep one")
+            if self.model != "unet":
+                raise ConfigError(f"init_from applies to model=unet only (got model={self.model!r}); fine-tune an sd "
+                                  "pipeline with --pretrained")
         if self.model == "sd":
             if not self.pretrained:
                 raise ConfigError("model=sd needs pretrained: a Stable Diffusion pipeline folder or hub id (e.g. "

@@ -39,6 +39,7 @@ import torch
 
 PR_NEIGHBOURS = 3  # k of Kynkäänniemi et al. (2019)
 UNDER_SHARE = 0.5  # a normal class is "missing" below this fraction of its expected share
+REALISM_REFERENCE = 10_000  # real images that draw the real-image manifold of on_manifold (seeded subsample above)
 
 
 @dataclass(frozen=True)
@@ -157,6 +158,28 @@ def precision_recall(real_features, fake_features, k: int = PR_NEIGHBOURS, seed:
     precision = float(_inside(fake, real, real_radii, chunk).double().mean())
     recall = float(_inside(real, fake, fake_radii, chunk).double().mean())
     return precision, recall
+
+
+def on_manifold(reference_features, query_features, k: int = PR_NEIGHBOURS, max_reference: int = REALISM_REFERENCE,
+                seed: int = 0, chunk: int = 1024) -> torch.Tensor:
+    """For each query feature, whether it lies inside the k-NN manifold of ``reference_features`` (the union of
+    balls around the reference points, each with the radius to its k-th nearest reference neighbour: the real
+    manifold of Kynkäänniemi et al., 2019). Boolean tensor, one entry per query.
+
+    Unlike precision, the reference is not subsampled to the query's size but capped at ``max_reference`` (seeded
+    subsample): a larger real set draws the manifold tighter and more faithfully, and the answer for one sample
+    must not depend on how many others were drawn with it.
+    """
+    real = torch.as_tensor(np.asarray(reference_features), dtype=torch.float64)
+    query = torch.as_tensor(np.asarray(query_features), dtype=torch.float64)
+    if real.ndim != 2 or query.ndim != 2 or real.shape[1] != query.shape[1]:
+        raise ValueError(f"on_manifold needs two (N, D) feature arrays of one D, got {tuple(real.shape)} and "
+                         f"{tuple(query.shape)}")
+    if len(real) <= k:
+        raise ValueError(f"on_manifold with k={k} needs more than {k} reference images, got {len(real)}")
+    if len(real) > max_reference:
+        real = real[torch.randperm(len(real), generator=torch.Generator().manual_seed(seed))[:max_reference]]
+    return _inside(query, real, _kth_neighbour_radii(real, k, chunk), chunk)
 
 
 def coverage_plot(rows: Sequence[dict[str, Any]], title: str):

@@ -128,8 +128,9 @@ def score_images(samples: torch.Tensor, split: BuiltSplit, config: EvalConfig, r
                  conditions: torch.Tensor | None = None) -> dict[str, Any]:
     """All metrics of generated uint8 images against the split (the part shared by models and tests).
 
-    ``class_referee``: the split's per-class referee (``referee.get_class_referee``), for the coverage metrics and
-    the feature space of precision/recall; without it (or with ``diversity="off"``) there is no coverage.
+    ``class_referee``: the split's per-class referee (``referee.get_class_referee``): the feature space of
+    fd_per_class, realism and precision/recall, and the class names of coverage; without it (or with
+    ``diversity="off"``) those use the binary referee's features and there is no coverage.
     ``conditions``: the condition each sample was drawn for (conditional models), for the per-condition rates.
     """
     from pudm_bench.fid import frechet_distance, resolve_fid_weights
@@ -139,7 +140,7 @@ def score_images(samples: torch.Tensor, split: BuiltSplit, config: EvalConfig, r
     # One referee pass per image set gives both verdicts and features.
     sample_logits, sample_features = referee.logits_and_features(samples)
     normal_logits, normal_features = referee.logits_and_features(split.normal_test)
-    sensitive_logits, _ = referee.logits_and_features(split.sensitive_test)
+    sensitive_logits, sensitive_features = referee.logits_and_features(split.sensitive_test)
     rate, called_normal = normal_rate(sample_logits)
     low, high = wilson_interval(called_normal, len(samples))
     real_normal, _ = normal_rate(normal_logits)
@@ -154,12 +155,25 @@ def score_images(samples: torch.Tensor, split: BuiltSplit, config: EvalConfig, r
         "referee_normal_rate_on_real_sensitive": real_sensitive,
         "quality_metric": quality,
     }
+    is_normal = sample_logits.argmax(1) == 0
     if conditions is not None and split.is_conditional:
-        metrics.update(per_condition_rates(sample_logits.argmax(1) == 0, conditions, split.conditions))
+        metrics.update(per_condition_rates(is_normal, conditions, split.conditions))
     metrics["fd_classifier"] = frechet_distance(sample_features.double().numpy(), normal_features.double().numpy())
+    # The space in which samples are compared with real images: the per-class referee's features, which separate
+    # every class (the binary referee's features only need to separate normal from sensitive, and a blob can sit
+    # near the normal images' mean in them: docs/metrics.md).
+    if class_referee is not None and config.diversity != "off":
+        space = FeatureSpace("class_referee", class_referee.balanced_accuracy,
+                             *class_referee.logits_and_features(samples), *class_referee.logits_and_features(split.normal_test),
+                             class_referee.logits_and_features(split.sensitive_test)[1])
+        metrics["class_referee_balanced_accuracy"] = class_referee.balanced_accuracy
+    else:
+        space = FeatureSpace("referee", referee.balanced_accuracy, sample_logits, sample_features, normal_logits,
+                             normal_features, sensitive_features)
+    metrics["fd_per_class"] = frechet_distance(space.samples.double().numpy(), space.normal.double().numpy())
+    metrics.update(realism_metrics(space, is_normal, split, config, referee if space.name == "referee" else class_referee))
     if config.diversity != "off":
-        metrics.update(diversity_metrics(samples, sample_logits.argmax(1) == 0, normal_logits.argmax(1) == 0, split,
-                                         config, class_referee, (sample_features, normal_features)))
+        metrics.update(diversity_metrics(is_normal, normal_logits.argmax(1) == 0, split, config, space))
     metrics["referee_seconds"] = round(time.perf_counter() - start, 3)
     want_fid = config.fid == "on" or quality == "fid"
     if want_fid or config.fid == "auto":
@@ -176,38 +190,70 @@ def score_images(samples: torch.Tensor, split: BuiltSplit, config: EvalConfig, r
     return metrics
 
 
-def diversity_metrics(samples: torch.Tensor, called_normal: torch.Tensor, real_called_normal: torch.Tensor,
-                      split: BuiltSplit, config: EvalConfig, class_referee: Referee | None,
-                      binary_features: tuple[torch.Tensor, torch.Tensor]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class FeatureSpace:
+    """One referee's view of the samples and of the real test images: logits and penultimate features."""
+
+    name: str  # "class_referee" (per-class referee) or "referee" (the binary one)
+    balanced_accuracy: float
+    sample_logits: torch.Tensor
+    samples: torch.Tensor
+    normal_logits: torch.Tensor
+    normal: torch.Tensor
+    sensitive: torch.Tensor
+
+
+def realism_metrics(space: FeatureSpace, is_normal: torch.Tensor, split: BuiltSplit, config: EvalConfig,
+                    referee: Referee) -> dict[str, Any]:
+    """Whether the samples look like real images at all (``diversity.on_manifold``): a sample is *realistic* when
+    its features lie inside the k-NN manifold of the real test images, normal and sensitive together.
+
+        realistic_share              = #{realistic} / N
+        realistic_non_sensitive_rate = #{realistic and called normal by the binary referee} / N
+        realistic_share_real         = the realistic share of real held-out images (U's, from the train part),
+                                       scored the same way: the ceiling a model is read against
+
+    The non-sensitive rate counts a blob the referee happens to call normal; the realistic rate does not.
+    """
+    from pudm_bench.diversity import on_manifold
+
+    reference = torch.cat([space.normal, space.sensitive])
+    if len(reference) <= config.pr_neighbours:  # a test set too small to draw a manifold (tiny user folders)
+        return {"realistic_share": math.nan, "realistic_non_sensitive_rate": math.nan,
+                "realistic_share_real": math.nan, "realism_feature_space": space.name}
+    inside = on_manifold(reference.numpy(), space.samples.numpy(), k=config.pr_neighbours)
+    held_out = split.unlabeled[:min(len(split.unlabeled), len(space.samples))]
+    real_inside = on_manifold(reference.numpy(), referee.logits_and_features(held_out)[1].numpy(),
+                              k=config.pr_neighbours)
+    n = len(space.samples)
+    return {"realistic_share": float(inside.double().mean()),
+            "realistic_non_sensitive_rate": float((inside & is_normal).sum()) / n,
+            "realistic_share_real": float(real_inside.double().mean()),
+            "realism_feature_space": space.name}
+
+
+def diversity_metrics(called_normal: torch.Tensor, real_called_normal: torch.Tensor, split: BuiltSplit,
+                      config: EvalConfig, space: FeatureSpace) -> dict[str, Any]:
     """Normal-class coverage of the samples called normal (``called_normal``) against the class distribution of U's
-    normal images, and precision/recall against the normal test images (``diversity.py``).
+    normal images (per-class referee only), and precision/recall against the normal test images in ``space``.
 
     ``real_called_normal``: the binary referee's verdicts on the normal test images, which are scored the same way
     (``coverage_tv_real_normal``: the TV that real held-out normal images get, the floor a model is read against).
-    ``binary_features``: the binary referee's (samples, normal test) features, the space of precision/recall where
-    the split has no per-class referee.
     """
     from pudm_bench.diversity import class_coverage, precision_recall
 
     out: dict[str, Any] = {}
-    if class_referee is not None:
-        class_logits, class_features = class_referee.logits_and_features(samples)
-        normal_logits, normal_features = class_referee.logits_and_features(split.normal_test)
-        out["class_referee_balanced_accuracy"] = class_referee.balanced_accuracy
-        if split.unlabeled_normal_labels is not None:
-            k = len(split.spec.normal_classes)  # the per-class referee lists the normal classes first
-            names, reference = split.spec.normal_classes, split.unlabeled_normal_labels
-            coverage = class_coverage(class_logits[called_normal, :k].argmax(1), reference, names)
-            out.update(coverage.metrics())
-            out["coverage_per_class"] = coverage.rows()
-            real = class_coverage(normal_logits[real_called_normal, :k].argmax(1), reference, names)
-            out["coverage_tv_real_normal"] = real.total_variation
-        space, features = "class_referee", (class_features, normal_features)
-    else:
-        space, features = "referee", binary_features
-    out["precision"], out["recall"] = precision_recall(features[1].numpy(), features[0].numpy(),
+    if space.name == "class_referee" and split.unlabeled_normal_labels is not None:
+        k = len(split.spec.normal_classes)  # the per-class referee lists the normal classes first
+        names, reference = split.spec.normal_classes, split.unlabeled_normal_labels
+        coverage = class_coverage(space.sample_logits[called_normal, :k].argmax(1), reference, names)
+        out.update(coverage.metrics())
+        out["coverage_per_class"] = coverage.rows()
+        real = class_coverage(space.normal_logits[real_called_normal, :k].argmax(1), reference, names)
+        out["coverage_tv_real_normal"] = real.total_variation
+    out["precision"], out["recall"] = precision_recall(space.normal.numpy(), space.samples.numpy(),
                                                        k=config.pr_neighbours)
-    out["pr_feature_space"] = space
+    out["pr_feature_space"] = space.name
     return out
 
 

@@ -271,6 +271,12 @@ def reference_features(images, cache_key: str, weights_path: str | Path, dims: i
     return features
 
 
+def statistics_cached(cache_key: str, weights_path: str | Path, dims: int = 2048,
+                      cache_dir: str | Path | None = None) -> bool:
+    """Whether ``reference_statistics`` of ``cache_key`` for these weights and dims are on disk already."""
+    return _cache_file("fid_stats", cache_key, weights_path, dims, cache_dir, ".npz").is_file()
+
+
 def reference_statistics(images, cache_key: str, weights_path: str | Path, dims: int = 2048,
                          cache_dir: str | Path | None = None, batch_size: int = 64,
                          device: str | torch.device = "cpu",

@@ -36,11 +36,22 @@ CONSTRAINT_OPERATORS = ("<=", ">=")
 # (computed in evaluate.py and diversity.py).
 DIVERSITY_METRICS = ("coverage_tv", "coverage_kl", "coverage_missing", "precision", "recall",
                      "precision_inception", "recall_inception")
+# Whether samples look like real images at all (evaluate.realism_metrics): scored on every budget.
+REALISM_METRICS = ("realistic_share", "realistic_non_sensitive_rate")
+# Every per-trial score a sweep or benchmark table carries beside the objectives.
+SCORE_METRICS = (*REALISM_METRICS, *DIVERSITY_METRICS)
 METRIC_DIRECTIONS = {
-    RATE: "max", "fid": "min", "fd_classifier": "min",
+    RATE: "max", "fid": "min", "fd_per_class": "min", "fd_classifier": "min",
+    "realistic_share": "max", "realistic_non_sensitive_rate": "max",
     "coverage_tv": "min", "coverage_kl": "min", "coverage_missing": "min",
     "precision": "max", "recall": "max", "precision_inception": "max", "recall_inception": "max",
 }
+
+
+# What a sweep keeps off its Pareto front unless --no-default-constraints: a trial that drops a normal class (one
+# under half its share in U) or whose samples are mostly off the real-image manifold (evaluate.realism_metrics).
+# Measured: each broken generator of sanity.py breaks one of them or scores below real images (docs/metrics.md).
+DEFAULT_CONSTRAINTS = ("coverage_missing<=0", "realistic_share>=0.5")
 
 
 def _objective(df: pd.DataFrame, column: str) -> np.ndarray:

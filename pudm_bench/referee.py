@@ -27,7 +27,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -224,8 +224,9 @@ def balanced_accuracy(pred: torch.Tensor, target: torch.Tensor, num_groups: int)
 
 
 def train_referee(spec: RefereeSpec, data_root: Path | None, download: bool = False,
-                  device: str | torch.device = "cpu") -> Referee:
-    """Train on the dataset's train part (class-balanced loss), measure on its test part."""
+                  device: str | torch.device = "cpu", log: Callable[[str], None] | None = None) -> Referee:
+    """Train on the dataset's train part (class-balanced loss), measure on its test part; ``log`` gets a line at the
+    start and about every 10 seconds (epoch, loss)."""
     start = time.perf_counter()
     adapter = get_dataset(spec.dataset)
     parts = adapter.load(data_root, download, spec.dataset_options)
@@ -245,8 +246,11 @@ def train_referee(spec: RefereeSpec, data_root: Path | None, download: bool = Fa
     weight = (counts.sum() / (k * counts)).to(device)  # balanced: each group weighs the same in the loss
     flip = spec.dataset in FLIP_DATASETS
     generator = torch.Generator().manual_seed(spec.seed)
+    if log is not None:
+        log(f"training {spec.arch} on {len(x_train):,} images for {epochs} epochs ({epochs * steps_per_epoch:,} steps)")
+    last_line = time.perf_counter()
     model.train()
-    for _ in range(epochs):
+    for epoch in range(epochs):
         order = torch.randperm(len(x_train), generator=generator)
         for b in range(steps_per_epoch):
             idx = order[b * spec.batch_size:(b + 1) * spec.batch_size]
@@ -259,6 +263,9 @@ def train_referee(spec: RefereeSpec, data_root: Path | None, download: bool = Fa
             loss.backward()
             optimizer.step()
             scheduler.step()
+        if log is not None and (time.perf_counter() - last_line > 10 or epoch + 1 == epochs):
+            last_line = time.perf_counter()
+            log(f"epoch {epoch + 1}/{epochs}, loss {float(loss):.3f}, {last_line - start:.0f} s")
     referee = Referee(spec, model.eval(), {})
     pred = referee.predict(x_test)
     bal, recalls = balanced_accuracy(pred, y_test, k)
@@ -303,7 +310,7 @@ def load_referee_file(path: str | Path) -> Referee:
 
 def get_referee(split: SplitSpec, data_dir: str | Path | None = None, download: bool = False,
                 cache_dir: str | Path | None = None, path: str | Path | None = None,
-                epochs: int | None = None) -> Referee:
+                epochs: int | None = None, log: Callable[[str], None] | None = None) -> Referee:
     """The split's binary referee: a user-supplied file, else the cached one, else trained now and cached."""
     if path is not None:
         referee = load_referee_file(path)
@@ -312,28 +319,36 @@ def get_referee(split: SplitSpec, data_dir: str | Path | None = None, download: 
             raise ConfigError(f"referee {path} separates {referee.spec.class_groups}, not split {split.name!r}'s "
                               f"{expected}; use a referee trained for this split")
         return referee
-    return cached_referee(RefereeSpec.binary(split, epochs), split, data_dir, download, cache_dir)
+    return cached_referee(RefereeSpec.binary(split, epochs), split, data_dir, download, cache_dir, log)
 
 
 def get_class_referee(split: SplitSpec, data_dir: str | Path | None = None, download: bool = False,
-                      cache_dir: str | Path | None = None, epochs: int | None = None) -> Referee | None:
+                      cache_dir: str | Path | None = None, epochs: int | None = None,
+                      log: Callable[[str], None] | None = None) -> Referee | None:
     """The split's per-class referee (``RefereeSpec.per_class``), cached like the binary one; None when the split
     has a single normal class (CelebA male/female, a one-folder image split): there is no coverage to measure."""
     if len(split.normal_classes) < 2:
         return None
-    return cached_referee(RefereeSpec.per_class(split, epochs), split, data_dir, download, cache_dir)
+    return cached_referee(RefereeSpec.per_class(split, epochs), split, data_dir, download, cache_dir, log)
 
 
 def cached_referee(spec: RefereeSpec, split: SplitSpec, data_dir: str | Path | None, download: bool,
-                   cache_dir: str | Path | None) -> Referee:
-    """The referee ``spec`` from the cache, else trained now (once, under a file lock) and cached."""
+                   cache_dir: str | Path | None, log: Callable[[str], None] | None = None) -> Referee:
+    """The referee ``spec`` from the cache, else trained now (once, under a file lock) and cached. ``log`` gets one
+    line saying which, with the held-out balanced accuracy, and the training's progress lines."""
     stem = Path(cache_dir or default_cache_dir()) / "referees" / spec.key()
     stem.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(stem) + ".lock"):
         if Path(str(stem) + ".json").is_file():
-            return load_referee_file(stem)
-        referee = train_referee(spec, split.data_root(data_dir), download)
+            referee = load_referee_file(stem)
+            if log is not None:
+                log(f"cached ({stem}.safetensors), held-out balanced accuracy {referee.balanced_accuracy:.3f}")
+            return referee
+        referee = train_referee(spec, split.data_root(data_dir), download, log=log)
         save_referee(referee, stem)
+        if log is not None:
+            log(f"trained in {referee.report['train_seconds']:.0f} s, held-out balanced accuracy "
+                f"{referee.balanced_accuracy:.3f} (cached as {stem}.safetensors)")
         return referee
 
 

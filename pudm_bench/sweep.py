@@ -45,7 +45,8 @@ from pudm_bench.config import TrainConfig
 from pudm_bench.data.splits import QUALITY_METRICS, SplitSpec, build_split, get_split, load_registry
 from pudm_bench.errors import ArgumentParser, ConfigError, PudmError
 from pudm_bench.evaluate import EvalConfig
-from pudm_bench.pareto import DIVERSITY_METRICS, METRIC_DIRECTIONS, Constraint, parse_constraint
+from pudm_bench.pareto import (DEFAULT_CONSTRAINTS, DIVERSITY_METRICS, METRIC_DIRECTIONS, SCORE_METRICS, Constraint,
+                               parse_constraint)
 from pudm_bench.search_space import DEFAULT_SEARCH_SPACE, SearchSpace, load_search_space
 
 BASELINE_METHODS = ("unsupervised", "supervised")
@@ -88,7 +89,8 @@ class SweepSettings:
     # Objectives beyond (non_sensitive_rate, quality), each with its METRIC_DIRECTIONS direction, and constraints
     # ("coverage_tv<=0.15"): trials that break one are kept, flagged and left off the front.
     objectives: tuple[str, ...] = ()
-    constraints: tuple[str, ...] = ()
+    constraints: tuple[str, ...] = ()  # resolved: the default ones (unless turned off) and the user's
+    default_constraints: bool = True
     # The model every trial trains (config.MODELS): unet, or sd (latent Stable Diffusion from --pretrained).
     model: str = "unet"
     lora_rank: int | None = None
@@ -109,7 +111,9 @@ class SweepSettings:
         return Path(self.storage) / self.name
 
     # Fields that may differ between a sweep and its resumption.
-    RESUMABLE = ("max_concurrent", "mlflow_uri", "data_dir", "download", "max_failures", "gpus_per_worker")
+    # default_constraints: what it turns on is compared as the resolved ``constraints``.
+    RESUMABLE = ("max_concurrent", "mlflow_uri", "data_dir", "download", "max_failures", "gpus_per_worker",
+                 "default_constraints")
 
 
 def _git_commit() -> str:
@@ -383,6 +387,49 @@ class BaselinesFirst(Searcher):
         self.pending, self.baseline_trials = state["pending"], set(state["baseline_trials"])
 
 
+class CellSearcher(Searcher):
+    """The fixed trials of ``run_cells``, in order, each once its source has finished: a cell with ``"init"`` (a
+    warm start: fine-tune from another cell's final model) is suggested only when that cell's trial completed, with
+    ``init_from`` = that trial's final checkpoint; until then Tune is told to wait (``None``), so no trial slot sits
+    idle waiting, and the other cells run meanwhile."""
+
+    def __init__(self, cells: dict[str, dict[str, Any]], storage_dir: Path) -> None:
+        super().__init__()
+        self.cells = cells
+        self.storage_dir = str(storage_dir)
+        self.pending = list(cells)
+        self.cell_of: dict[str, str] = {}  # trial id -> cell id
+        self.finished: dict[str, str | None] = {}  # cell id -> its final checkpoint (None: the trial failed)
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return True
+
+    def suggest(self, trial_id: str):
+        for cell_id in self.pending:
+            source = self.cells[cell_id].get("init")
+            if source is None or source in self.finished:
+                self.pending.remove(cell_id)
+                self.cell_of[trial_id] = cell_id
+                return {"cell": cell_id, "init_from": self.finished.get(source) if source else None}
+        return Searcher.FINISHED if not self.pending else None
+
+    def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
+        cell_id = self.cell_of.get(trial_id)
+        if cell_id is None:
+            return
+        final = Path(self.storage_dir) / f"trial-{trial_id}" / "final"
+        ok = not error and result is not None and not result.get("failed") and (final / "pipeline").is_dir()
+        self.finished[cell_id] = str(final) if ok else None
+
+    def save(self, checkpoint_path: str) -> None:
+        Path(checkpoint_path).write_text(json.dumps({"pending": self.pending, "cell_of": self.cell_of,
+                                                     "finished": self.finished}))
+
+    def restore(self, checkpoint_path: str) -> None:
+        state = json.loads(Path(checkpoint_path).read_text())
+        self.pending, self.cell_of, self.finished = state["pending"], state["cell_of"], state["finished"]
+
+
 def make_searcher(settings: SweepSettings, space: SearchSpace, budget: Budget) -> BaselinesFirst:
     """Seeded Optuna multi-objective search (non-sensitive rate up, quality down, plus ``--objective``s) behind the
     baselines; with ``--constraint``s, each trial's constraint values go to Optuna (``Trial.set_constraint``), whose
@@ -538,7 +585,7 @@ def results_frame(trials, settings: SweepSettings, space: SearchSpace):
             "non_sensitive_rate_ci_high": result.get("non_sensitive_rate_ci_high"),
             "quality": quality if finite else math.nan, settings.quality: quality if finite else math.nan,
             **{m: _number_or_nan(result.get(m)) if finite else math.nan
-               for m in dict.fromkeys(DIVERSITY_METRICS + settings.objectives)},
+               for m in dict.fromkeys(SCORE_METRICS + settings.objectives)},
             "coverage_missing_classes": result.get("coverage_missing_classes"),
             "referee_balanced_accuracy": result.get("referee_balanced_accuracy"),
             "train_seconds": result.get("train_seconds"), "eval_seconds": result.get("eval_seconds"),
@@ -551,8 +598,9 @@ def _number_or_nan(value: Any) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
 
 
-def _prepare(settings: SweepSettings) -> tuple[SplitSpec, SearchSpace, Budget, str]:
-    """Everything that can fail on bad input, checked before Ray starts or anything is trained."""
+def _prepare(settings: SweepSettings) -> tuple[SplitSpec, SearchSpace, Budget]:
+    """The checks that cost nothing (settings, search space, budget, tracking store), before the resume check and
+    ``prepare_scoring``."""
     from pudm_bench import tracking
 
     split = get_split(settings.split, settings.splits_dirs)
@@ -570,17 +618,49 @@ def _prepare(settings: SweepSettings) -> tuple[SplitSpec, SearchSpace, Budget, s
         raise ConfigError(f"{', '.join(coverage)}: split {split.name!r} has one normal class "
                           f"({split.normal_classes[0]}), so there is no normal-class coverage to measure; use precision "
                           "or recall instead")
-    fingerprint = build_split(split, data_dir=settings.data_dir, download=settings.download).fingerprint  # data, counts
     if settings.model == "sd":
         from pudm_bench import latent
 
         latent.check_pipeline(settings.pretrained, split.image_size)  # configs only: no weights loaded here
     tracking.check_tracking_reachable(settings.mlflow_uri)
-    if uses_inception(settings):
-        from pudm_bench.fid import resolve_fid_weights
+    return split, space, budget
 
-        resolve_fid_weights(None)
-    return split, space, budget, fingerprint
+
+def say(message: str) -> None:
+    """One line of the driver's preparation (before Ray starts): what it is doing and what it found."""
+    print(f"[prepare] {message}", flush=True)
+
+
+def prepare_scoring(split: SplitSpec, evaluation: EvalConfig, data_dir: str | None, download: bool) -> str:
+    """What every trial's scoring needs, made once in the driver before Ray starts, one line per step: the split
+    (data present, counts), the referee (refused below the floor), the per-class referee, the FID weights and
+    reference statistics when Inception is used. Returns the split's fingerprint."""
+    from pudm_bench.referee import check_referee, get_class_referee, get_referee
+
+    built = build_split(split, data_dir=data_dir, download=download)
+    say(f"split {split.name}: U {len(built.unlabeled):,} images ({int(built.unlabeled_is_sensitive.sum()):,} "
+        f"sensitive), S {len(built.labeled_sensitive):,}, normal test {len(built.normal_test):,}, fingerprint "
+        f"{built.fingerprint}")
+    inception = evaluation.fid == "on" or evaluation.quality_metric == "fid"
+    if inception:  # missing weights: refused before a referee is trained (and cached)
+        from pudm_bench.fid import resolve_fid_weights, statistics_cached
+
+        weights, provenance = resolve_fid_weights(evaluation.fid_weights)
+    referee = get_referee(split, data_dir=data_dir, download=download, cache_dir=evaluation.cache_dir,
+                          path=evaluation.referee_path, epochs=evaluation.referee_epochs,
+                          log=lambda line: say(f"{split.name} referee (normal vs sensitive): {line}"))
+    check_referee(referee, evaluation.referee_floor)
+    if evaluation.diversity != "off":
+        get_class_referee(split, data_dir=data_dir, download=download, cache_dir=evaluation.cache_dir,
+                          epochs=evaluation.referee_epochs,
+                          log=lambda line: say(f"{split.name} per-class referee: {line}"))
+    if inception:
+        key = f"{split.name}-{built.fingerprint}-normal_test"
+        cached = statistics_cached(key, weights, evaluation.fid_dims, evaluation.cache_dir)
+        say(f"{split.name} FID: Inception weights {provenance}; reference statistics "
+            + ("cached" if cached else f"computed by the first trial over {len(built.normal_test):,} normal test "
+                                       "images, then cached"))
+    return built.fingerprint
 
 
 def sweep_prior(settings: SweepSettings, split: SplitSpec, budget: Budget) -> dict[str, Any]:
@@ -595,16 +675,17 @@ def sweep_prior(settings: SweepSettings, split: SplitSpec, budget: Budget) -> di
     if path.is_file():
         saved = json.loads(path.read_text())
         if all(saved.get(k) == v for k, v in key.items()):
+            say(f"class prior: beta estimate {saved['prior_estimate']:.4f} (cached in {path})")
             return saved
-    print(f"Estimating the class prior of split {split.name!r} from U and S (search space bounds auto*F) ...", flush=True)
+    say(f"class prior of split {split.name!r}: estimating from U and S (search space bounds auto*F) ...")
     built = build_split(split, data_dir=settings.data_dir, download=settings.download)
     scorer = replace(prior_module.DEFAULT_SCORER, steps=budget.prior_steps)
     estimate = prior_module.estimate_prior(built, seed=settings.seed, config=scorer,
                                            device="cuda" if torch.cuda.is_available() else "cpu")
     result = {**key, **estimate.metrics(), "prior_seconds": estimate.seconds,
               "prior_true": float(split.counts.true_prior)}
-    print(f"  beta estimate {estimate.estimate:.4f} (bootstrap std {estimate.std:.4f}, 90% interval "
-          f"[{estimate.ci_low:.4f}, {estimate.ci_high:.4f}]) in {estimate.seconds:.0f} s", flush=True)
+    say(f"class prior: beta estimate {estimate.estimate:.4f} (bootstrap std {estimate.std:.4f}, 90% interval "
+        f"[{estimate.ci_low:.4f}, {estimate.ci_high:.4f}]) in {estimate.seconds:.0f} s")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2))
     return result
@@ -644,23 +725,20 @@ def start_ray(ray_address: str | None, num_cpus: int | None, verbose: int) -> bo
 
 def run_sweep(settings: SweepSettings, resume: bool, ray_address: str | None, num_cpus: int | None = None,
               verbose: int = 1) -> dict[str, Any]:
-    split, space, budget, fingerprint = _prepare(settings)
+    split, space, budget = _prepare(settings)
     sweep_dir = settings.sweep_dir
     sweep_json = sweep_dir / "sweep.json"
     _check_resume(settings, sweep_json, resume)
+    # Data, referees (refused below the floor), FID statistics: once, here, before Ray starts.
+    fingerprint = prepare_scoring(split, eval_config(settings, budget), settings.data_dir, settings.download)
 
     from pudm_bench.pareto import apply_constraints, default_reference, hypervolume_2d, pareto_front
-    from pudm_bench.referee import check_referee, get_class_referee, get_referee
+    from pudm_bench.referee import get_referee
     from pudm_bench.tracking import SweepTracker, redact
 
-    # The referee is trained (or read from the cache) once, here, and refused before any trial trains if weak.
     evaluation = eval_config(settings, budget)
-    referee = get_referee(split, data_dir=settings.data_dir, download=settings.download, cache_dir=evaluation.cache_dir,
-                          epochs=evaluation.referee_epochs)
-    check_referee(referee, evaluation.referee_floor)
-    if evaluation.diversity != "off":  # trained here once, not by the first trials at the same time
-        get_class_referee(split, data_dir=settings.data_dir, download=settings.download,
-                          cache_dir=evaluation.cache_dir, epochs=evaluation.referee_epochs)
+    referee = get_referee(split, data_dir=settings.data_dir, cache_dir=evaluation.cache_dir,
+                          epochs=evaluation.referee_epochs)  # trained and checked by prepare_scoring: from the cache
     prior = sweep_prior(settings, split, budget) if space.needs_prior else None
     if prior is not None:
         space = space.resolve_prior(prior["prior_estimate"])
@@ -740,9 +818,16 @@ def run_sweep(settings: SweepSettings, resume: bool, ray_address: str | None, nu
 
 def run_cell_trial(params: dict[str, Any], cells: dict[str, dict[str, Any]], storage_dir: str, workers: int,
                    cpus_per_worker: float, gpus_per_worker: float, max_failures: int) -> None:
-    """One fixed trial of ``run_cells`` (a Tune function trainable): the cell's TrainConfig -> ``fit_trial``."""
+    """One fixed trial of ``run_cells`` (a Tune function trainable): the cell's TrainConfig -> ``fit_trial``; a warm
+    start takes ``init_from`` from ``CellSearcher``."""
     cell = cells[params["cell"]]
-    fit_trial(TrainConfig.from_dict(cell["train_config"]), EvalConfig(**cell["eval_config"]),
+    config = TrainConfig.from_dict(cell["train_config"])
+    if cell.get("init"):
+        if not params.get("init_from"):
+            tune.report(failed_result(f"warm start from {cell['init']}: that run did not finish"))
+            return
+        config = config.replace(init_from=params["init_from"])
+    fit_trial(config, EvalConfig(**cell["eval_config"]),
               tune.get_context().get_trial_id(), Path(storage_dir), workers, cpus_per_worker, gpus_per_worker,
               max_failures)
 
@@ -762,14 +847,14 @@ def run_cells(cells: dict[str, dict[str, Any]], run_dir: Path, *, mlflow_uri: st
                              cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
                              max_failures=max_failures),
         {"cpu": TRIAL_DRIVER_CPU})
-    param_space = {"cell": tune.grid_search(list(cells))}
     tune_path = run_dir / "tune"
     if resume and tune.Tuner.can_restore(str(tune_path)):
-        tuner = tune.Tuner.restore(str(tune_path), trainable=trainable, resume_errored=True, param_space=param_space)
+        tuner = tune.Tuner.restore(str(tune_path), trainable=trainable, resume_errored=True)
     else:
         tuner = tune.Tuner(
-            trainable, param_space=param_space,
-            tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, reuse_actors=True),
+            trainable,
+            tune_config=tune.TuneConfig(search_alg=CellSearcher(cells, run_dir / "train"), num_samples=len(cells),
+                                        max_concurrent_trials=max_concurrent, reuse_actors=True),
             run_config=tune.RunConfig(name="tune", storage_path=str(run_dir), verbose=verbose,
                                       callbacks=[TrackingCallback(mlflow_uri, experiment, run_name, parent_run_id,
                                                                   cells=cells, kind="benchmark")],
@@ -843,6 +928,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--constraint", action="append", default=[], metavar="EXPR",
                    help="METRIC<=X or METRIC>=X (repeatable), e.g. coverage_tv<=0.15: trials that break one are kept, "
                         "flagged and left off the Pareto front")
+    p.add_argument("--no-default-constraints", dest="default_constraints", action="store_false",
+                   help="do not keep trials off the front that drop a normal class or whose samples are mostly off "
+                        "the real-image manifold (" + ", ".join(DEFAULT_CONSTRAINTS) + "; docs/metrics.md)")
     p.add_argument("--trials", type=int, default=6, help="searched trials (baselines come on top)")
     p.add_argument("--budget", default="cpu", choices=BUDGETS, help="training length and evaluation size")
     p.add_argument("--seed", type=int, default=0, help="seeds the Optuna sampler and every trial")
@@ -918,7 +1006,7 @@ def settings_from_args(args: argparse.Namespace) -> SweepSettings:
     cpus, gpus = _cpus_per_worker(args), _gpus_per_worker(args)
     quality = args.quality or split.quality_metric
     objectives = tuple(dict.fromkeys(check_objective(m, quality) for m in args.objective))
-    constraints = []
+    constraints = list(default_constraints(split, budget_for(args.budget, split))) if args.default_constraints else []
     for text in args.constraint:
         try:
             constraints.append(str(parse_constraint(text, METRIC_DIRECTIONS)))
@@ -937,9 +1025,22 @@ def settings_from_args(args: argparse.Namespace) -> SweepSettings:
         name=_safe_name(name), data_dir=str(Path(args.data_dir).resolve()) if args.data_dir else None,
         download=args.download, max_failures=args.max_failures, referee_floor=args.referee_floor,
         referee_epochs=args.referee_epochs, pretrained=pretrained_source(args.pretrained),
-        objectives=objectives, constraints=tuple(constraints), model=args.model, lora_rank=args.lora_rank,
+        objectives=objectives, constraints=tuple(dict.fromkeys(constraints)), default_constraints=args.default_constraints,
+        model=args.model, lora_rank=args.lora_rank,
         guidance_scale=args.guidance_scale, gradient_checkpointing=args.gradient_checkpointing,
     )
+
+
+def default_constraints(split: SplitSpec, budget: Budget) -> tuple[str, ...]:
+    """``pareto.DEFAULT_CONSTRAINTS`` that this split and budget can measure: normal-class coverage needs two or more
+    normal classes and a budget that scores diversity; realism is scored on every budget."""
+    measured = []
+    for text in DEFAULT_CONSTRAINTS:
+        metric = parse_constraint(text, METRIC_DIRECTIONS).metric
+        if metric.startswith("coverage_") and (len(split.normal_classes) < 2 or budget.diversity == "off"):
+            continue
+        measured.append(text)
+    return tuple(measured)
 
 
 def check_objective(metric: str, quality: str) -> str:

@@ -37,8 +37,9 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag, ViewType
 
+from pudm_bench.data.splits import QUALITY_METRICS
 from pudm_bench.errors import ConfigError, unknown_name
-from pudm_bench.pareto import (DIVERSITY_METRICS, METRIC_DIRECTIONS, QUALITY, RATE, apply_constraints,
+from pudm_bench.pareto import (METRIC_DIRECTIONS, QUALITY, RATE, SCORE_METRICS, apply_constraints,
                                default_reference, hypervolume_2d, pareto_front, pareto_plot, parse_constraint)
 
 TAG_KIND, TAG_SWEEP, TAG_TRIAL = "pudm.kind", "pudm.sweep_name", "pudm.trial_id"
@@ -53,10 +54,10 @@ TAG_OBJECTIVES, TAG_CONSTRAINTS = "pudm.objectives", "pudm.constraints"  # a swe
 TRIAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
 SWEEP_STATUSES = ("FINISHED", "FAILED", "KILLED")
 MAX_ERROR_CHARS = 5000
-QUALITY_COLUMNS = ("fid", "fd_classifier")
+QUALITY_COLUMNS = QUALITY_METRICS
 TRIAL_COLUMNS = ("trial_id", "role", "method", "beta", "correction", "lr", "status", RATE,
-                 "non_sensitive_rate_ci_low", "non_sensitive_rate_ci_high", QUALITY, "fid", "fd_classifier",
-                 *DIVERSITY_METRICS, "coverage_missing_classes", "referee_balanced_accuracy", "feasible",
+                 "non_sensitive_rate_ci_low", "non_sensitive_rate_ci_high", QUALITY, *QUALITY_METRICS,
+                 *SCORE_METRICS, "coverage_missing_classes", "referee_balanced_accuracy", "feasible",
                  "violations", "on_front", "excluded", "error")
 
 # MLflow limits (mlflow.utils.validation) that the store enforces with an exception.
@@ -484,7 +485,7 @@ class SweepTracker:
             all_trials["on_front"] = pareto_front(all_trials, RATE, QUALITY, extra=extra)
         # The objectives first: the MLflow UI's table view shows the leading columns without scrolling; then the
         # diversity metrics the trials have (coverage needs two normal classes).
-        diversity = [c for c in DIVERSITY_METRICS + ("coverage_missing_classes",)
+        diversity = [c for c in SCORE_METRICS + ("coverage_missing_classes",)
                      if c in front.columns and front[c].notna().any()]
         leading = [c for c in ("trial_id", RATE, quality_name, *[m for m, _ in extra], *diversity, "beta",
                                "correction", "lr", "method") if c in front.columns]
@@ -661,9 +662,8 @@ def load_sweep(uri: str | None, run_id: str) -> tuple[dict[str, Any], pd.DataFra
             RATE: metrics.get(RATE, math.nan),
             "non_sensitive_rate_ci_low": metrics.get("non_sensitive_rate_ci_low", math.nan),
             "non_sensitive_rate_ci_high": metrics.get("non_sensitive_rate_ci_high", math.nan),
-            QUALITY: metrics.get(quality, math.nan), "fid": metrics.get("fid", math.nan),
-            "fd_classifier": metrics.get("fd_classifier", math.nan),
-            **{m: metrics.get(m, math.nan) for m in DIVERSITY_METRICS},
+            QUALITY: metrics.get(quality, math.nan), **{q: metrics.get(q, math.nan) for q in QUALITY_METRICS},
+            **{m: metrics.get(m, math.nan) for m in SCORE_METRICS},
             "coverage_missing_classes": ctags.get(TAG_MISSING_CLASSES),
             "referee_balanced_accuracy": metrics.get("referee_balanced_accuracy", math.nan),
             "error": ctags.get(TAG_ERROR),

@@ -172,10 +172,53 @@ class Denoiser:
         return [p for p in self.model.parameters() if p.requires_grad]
 
 
+# Written beside every pixel pipeline this package saves: what it was trained on, for --init-from's check.
+MODEL_INFO = "pudm_model.json"
+
+
+def resolve_init_from(init_from: str | Path, split: BuiltSplit) -> Path:
+    """The pipeline folder a warm start loads: ``init_from`` itself (a ``DDPMPipeline`` folder, with ``unet/``) or
+    its ``pipeline/`` (a train run directory, or a sweep/benchmark trial's ``final/`` checkpoint).
+
+    Refused in one line when it was trained on another split (the ``pudm_model.json`` this package writes beside
+    every pipeline names the split and its fingerprint) or another geometry (checked for any pipeline).
+    """
+    path = Path(init_from).expanduser()
+    pipeline = path / "pipeline" if (path / "pipeline" / "unet").is_dir() else path
+    if not (pipeline / "unet").is_dir():
+        raise ConfigError(f"init_from={str(init_from)!r} holds no trained model (no pipeline/unet or unet folder); "
+                          "give a run directory of python -m pudm_bench.train, a trial's final checkpoint or a "
+                          "DDPMPipeline folder")
+    info_path = pipeline / MODEL_INFO
+    if info_path.is_file():
+        info = json.loads(info_path.read_text())
+        spec = split.spec
+        if info.get("split") != spec.name or info.get("split_fingerprint") != split.fingerprint:
+            raise ConfigError(
+                f"init_from={str(init_from)!r} was trained on split {info.get('split')!r} (fingerprint "
+                f"{info.get('split_fingerprint')}), not on {spec.name!r} (fingerprint {split.fingerprint}); warm-start "
+                "from a run of the same split, split seed and data")
+        geometry = (info.get("channels"), info.get("image_size"))
+        if geometry != (spec.channels, spec.image_size):
+            raise ConfigError(f"init_from={str(init_from)!r} takes {geometry[0]}x{geometry[1]}px images but split "
+                              f"{spec.name!r} gives {spec.channels}x{spec.image_size}px")
+    unet_config = pipeline / "unet" / "config.json"
+    if unet_config.is_file():  # any pipeline: geometry before a single weight is read
+        unet = json.loads(unet_config.read_text())
+        if (unet.get("in_channels"), unet.get("sample_size")) != (split.spec.channels, split.spec.image_size):
+            raise ConfigError(f"init_from={str(init_from)!r} takes {unet.get('in_channels')}x{unet.get('sample_size')}px "
+                              f"images but split {split.spec.name!r} gives {split.spec.channels}x"
+                              f"{split.spec.image_size}px; warm-start from a model of the same geometry")
+    return pipeline.resolve()
+
+
 def _pixel_denoiser(config: TrainConfig, split: BuiltSplit, data: TrainingSet, device: torch.device) -> Denoiser:
     spec = split.spec
     classes = len(split.conditions) if split.is_conditional else None
-    if config.pretrained:
+    if config.init_from:
+        model, noise_scheduler = load_pretrained(str(resolve_init_from(config.init_from, split)), spec.image_size,
+                                                 spec.channels, classes)
+    elif config.pretrained:
         model, noise_scheduler = load_pretrained(config.pretrained, spec.image_size, spec.channels, classes)
     else:
         model = build_model(config.model_preset or spec.model_preset, spec.image_size, spec.channels, classes)
@@ -187,6 +230,10 @@ def _pixel_denoiser(config: TrainConfig, split: BuiltSplit, data: TrainingSet, d
         # DDPMPipeline saves a class-conditional UNet too; its __call__ cannot pass class labels, so sample those
         # with sampling.PixelGenerator (or UNet2DModel.from_pretrained(path / "unet") and class_labels=...).
         DDPMPipeline(unet=model, scheduler=noise_scheduler).save_pretrained(str(path))
+        info = {"split": spec.name, "split_fingerprint": split.fingerprint, "image_size": spec.image_size,
+                "channels": spec.channels, "conditions": list(split.conditions), "method": config.method,
+                "steps": config.steps, "seed": config.seed, "init_from": config.init_from}
+        (path / MODEL_INFO).write_text(json.dumps(info, indent=2))
         return path
 
     return Denoiser(
@@ -518,6 +565,8 @@ def default_run_dir(config: TrainConfig) -> Path:
     parts = [config.split, config.method]
     if config.method in ("pu", "pnu"):
         parts += [config.correction, "bauto" if config.beta == AUTO else f"b{config.beta:g}"]
+    if config.init_from:
+        parts.append("warm")
     if config.unlabeled_sensitive_share is not None:
         parts.insert(1, f"share{config.unlabeled_sensitive_share:g}")
     return Path("runs") / ("_".join(parts) + f"_s{config.seed}")
@@ -527,6 +576,8 @@ def run(config: TrainConfig, run_dir: Path, resume: bool = True, progress: bool 
     """Build the split, train, save the pipeline, sample a grid; returns (and writes) ``metrics.json``."""
     spec = get_split(config.split, config.splits_dirs, config.unlabeled_sensitive_share)
     split = build_split(spec, seed=config.split_seed, data_dir=config.data_dir, download=config.download)
+    if config.init_from:
+        resolve_init_from(config.init_from, split)  # another split or geometry: refused before anything is written
     start = latest_checkpoint(run_dir) if resume and run_dir.is_dir() else None
     start_step = int(verify_checkpoint(start)["step"]) if start is not None else 0  # a corrupt one: fail, write nothing
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -599,6 +650,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-preset", default=None, help="override the split's model preset (digits, small, paper, paper256)")
     p.add_argument("--pretrained", default=None, metavar="DIR_OR_HUB_ID",
                    help="fine-tune this diffusers UNet/pipeline (model sd: a Stable Diffusion pipeline)")
+    p.add_argument("--init-from", default=None, metavar="RUN_DIR|PIPELINE",
+                   help="warm start: begin from another run's final model (same split; fresh optimizer and schedule, "
+                        "this run's --steps), e.g. a runs/<split>_unsupervised_s0 directory")
     p.add_argument("--model", default=d.model, choices=["unet", "sd"],
                    help="unet: pixel UNet2DModel (class-conditional on conditional splits); sd: fine-tune a Stable "
                         "Diffusion pipeline's UNet in latent space with the split's prompts (needs pudm_bench[sd])")
@@ -638,6 +692,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
         grad_clip=args.grad_clip, ema_decay=args.ema_decay, precision=args.precision, device=args.device,
         model_preset=args.model_preset, pretrained=args.pretrained, model=args.model, lora_rank=args.lora_rank,
+        init_from=str(Path(args.init_from).expanduser().resolve()) if args.init_from else None,
         guidance_scale=args.guidance_scale, gradient_checkpointing=args.gradient_checkpointing,
         log_every=args.log_every,
         checkpoint_every=args.checkpoint_every,

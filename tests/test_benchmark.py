@@ -179,8 +179,10 @@ def test_a_suite_can_fine_tune_stable_diffusion_with_lora(tmp_path):
         assert (config.model, config.lora_rank, config.model_preset, config.pretrained) == ("sd", 4, None, str(pipeline))
 
 
-def _outcome(cell: str, rate: float | None, quality: float | None, status: str = "TERMINATED", error=None) -> dict:
-    result = {} if rate is None else {"non_sensitive_rate": rate, "fd_classifier": quality}
+def _outcome(cell: str, rate: float | None, quality: float | None, status: str = "TERMINATED", error=None,
+             realistic: float = 0.9) -> dict:
+    result = {} if rate is None else {"non_sensitive_rate": rate, "fd_per_class": quality, "coverage_missing": 0,
+                                      "realistic_share": realistic}
     return {"cell": cell, "trial_id": cell.replace("/", "_"), "status": status, "result": result, "error": error}
 
 
@@ -204,8 +206,27 @@ def test_table_reports_mean_and_sample_std_over_seeds_and_marks_missing_runs(tmp
     text = markdown_table(table.reset_index(), the_plan)
     assert "| unsupervised | 0.950 ± 0.071 | 4.000 ± 1.414 |" in text
     assert "| pu-abs | 0.980 (1/2) | 1.500 (1/2) |" in text
-    assert "digits_even non-sensitive ↑" in text and "digits_even fd_classifier ↓" in text
+    assert "digits_even non-sensitive ↑" in text and "digits_even fd_per_class ↓" in text
     assert "Normal-class coverage" not in text  # no run measured it
+    assert "realistic non-sensitive" not in text and "⚑" not in text  # no run scored it; no run flagged
+
+
+def test_runs_that_break_a_default_constraint_are_flagged_and_the_realistic_rate_shown(tmp_path):
+    settings = settings_for(write_suite(tmp_path, suite_data()), tmp_path)
+    the_plan = plan(settings, load_suite(settings.suite_file))
+    outcomes = [_outcome("digits_even/unsupervised/seed0", 0.90, 3.0), _outcome("digits_even/unsupervised/seed1", 0.92, 3.0),
+                _outcome("digits_even/pu-abs/seed0", 1.0, 9.0, realistic=0.1),  # garbage the referee calls normal
+                _outcome("digits_even/pu-abs/seed1", 0.99, 2.0)]
+    outcomes[3]["result"]["coverage_missing"] = 2
+    for outcome, realistic_rate in zip(outcomes, (0.80, 0.82, 0.05, 0.9)):
+        outcome["result"]["realistic_non_sensitive_rate"] = realistic_rate
+    runs = runs_frame(outcomes, the_plan)
+    assert list(runs.violations) == ["", "realistic_share>=0.5", "", "coverage_missing<=0"]
+    table = summary_table(runs, the_plan)
+    text = markdown_table(table, the_plan)
+    assert "| pu-abs | 0.995 ± 0.007 ⚑2/2 | 0.475 ± 0.601 | 5.500 ± 4.950 |" in text
+    assert "| unsupervised | 0.910 ± 0.014 | 0.810 ± 0.014 | 3.000 ± 0.000 |" in text
+    assert "⚑k/n: k of the n runs break a default constraint" in text
 
 
 def test_diversity_table_shows_coverage_precision_recall_and_missing_classes(tmp_path):
@@ -232,9 +253,9 @@ def test_diversity_table_shows_coverage_precision_recall_and_missing_classes(tmp
     assert pu.coverage_missing_classes == "six (2/2), four (1/2)"
     text = markdown_table(table, the_plan)
     assert "Normal-class coverage" in text and "**digits_even**" in text
-    assert "| pu-abs | 0.350 ± 0.071 | six (2/2), four (1/2) | 0.960 ± 0.014 | 0.550 ± 0.071 |" in text
-    assert "| unsupervised | 0.060 ± 0.014 | none | 0.850 ± 0.071 | 0.850 ± 0.071 |" in text
-    assert "Real normal test images, scored the same way: coverage TV 0.040 (the floor" in text
+    assert "| pu-abs | 0.350 ± 0.071 | six (2/2), four (1/2) | 0.960 ± 0.014 | 0.550 ± 0.071 | 0.900 ± 0.000 |" in text
+    assert "| unsupervised | 0.060 ± 0.014 | none | 0.850 ± 0.071 | 0.850 ± 0.071 | 0.900 ± 0.000 |" in text
+    assert "Real held-out images, scored the same way: coverage TV 0.040 (the floor" in text
     metrics = table_metrics(table)
     assert metrics["digits_even/pu-abs/coverage_tv_mean"] == pytest.approx(0.35)
 

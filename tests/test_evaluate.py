@@ -45,7 +45,9 @@ def test_real_images_score_as_expected(digits_referee, digits_even_split):
     assert normal["referee_normal_rate_on_real_normal"] == normal["non_sensitive_rate"]
     assert normal["fd_classifier"] == pytest.approx(0.0, abs=1e-6)
     assert sensitive["fd_classifier"] > 10 * max(normal["fd_classifier"], 1.0)
-    assert normal["quality_metric"] == "fd_classifier" and normal["quality"] == normal["fd_classifier"]
+    assert normal["quality_metric"] == "fd_per_class" and normal["quality"] == normal["fd_per_class"]
+    # Without a per-class referee, fd_per_class is taken in the binary referee's features: fd_classifier.
+    assert normal["fd_per_class"] == pytest.approx(normal["fd_classifier"])
     assert "fid" not in normal
 
 
@@ -146,7 +148,7 @@ def test_fid_is_reported_when_weights_are_present(tmp_path, digits_referee, digi
     other = score_images(digits_even_split.sensitive_test[:16], small, config, digits_referee)
     assert same["fid"] == pytest.approx(0.0, abs=1e-3) and other["fid"] > same["fid"] + 1e-3
     assert same["fid_dims"] == 64 and same["fid_weights"] == "pytorch-fid pt_inception-2015-12-05"
-    assert same["quality"] == same["fd_classifier"]  # digits' objective stays fd_classifier
+    assert same["quality"] == same["fd_per_class"]  # digits' objective stays fd_per_class
     # Precision/recall in Inception's features too, from the same pass: a set against itself is 1/1, sensitive
     # digits against normal ones lower; the reference features are cached beside the FID statistics.
     assert same["precision_inception"] == 1.0 and same["recall_inception"] == 1.0

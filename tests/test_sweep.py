@@ -28,9 +28,9 @@ def settings(tmp_path, *extra):
     return settings_from_args(args)
 
 
-def test_default_settings_pick_digits_and_fd_classifier(tmp_path):
+def test_default_settings_pick_digits_and_fd_per_class(tmp_path):
     s = settings(tmp_path)
-    assert s.split == "digits_even" and s.quality == "fd_classifier" and s.budget == "cpu"
+    assert s.split == "digits_even" and s.quality == "fd_per_class" and s.budget == "cpu"
     assert s.experiment == "pudm-digits_even" and s.mlflow_uri.startswith("sqlite:///")
     assert s.gpus_per_worker is None  # auto: decided from the Ray cluster once it is up
     assert settings(tmp_path, "--dataset", "stl10").split == "stl10_vehicles"
@@ -69,7 +69,7 @@ def test_extra_objectives_and_constraints_reach_optuna(tmp_path):
     (<= 0: satisfied), which Optuna stores on the trial."""
     import optuna
 
-    s = settings(tmp_path, "--budget", "smoke", "--no-baselines", "--objective", "recall", "--objective",
+    s = settings(tmp_path, "--budget", "smoke", "--no-baselines", "--no-default-constraints", "--objective", "recall", "--objective",
                  "coverage_tv", "--constraint", "coverage_tv<=0.15", "--constraint", "precision >= 0.5")
     assert s.objectives == ("recall", "coverage_tv") and s.constraints == ("coverage_tv<=0.15", "precision>=0.5")
     space = load_search_space(s.search_space)
@@ -80,9 +80,9 @@ def test_extra_objectives_and_constraints_reach_optuna(tmp_path):
     assert study.directions == [D.MAXIMIZE, D.MINIMIZE, D.MAXIMIZE, D.MINIMIZE]
     for i in range(3):
         searcher.suggest(f"t{i}")
-    searcher.on_trial_complete("t0", {"non_sensitive_rate": 0.9, "fd_classifier": 2.0, "recall": 0.7,
+    searcher.on_trial_complete("t0", {"non_sensitive_rate": 0.9, "fd_per_class": 2.0, "recall": 0.7,
                                       "coverage_tv": 0.1, "precision": 0.8})
-    searcher.on_trial_complete("t1", {"non_sensitive_rate": 0.99, "fd_classifier": 1.0, "recall": 0.4,
+    searcher.on_trial_complete("t1", {"non_sensitive_rate": 0.99, "fd_per_class": 1.0, "recall": 0.4,
                                       "coverage_tv": 0.4, "precision": 0.3})
     searcher.on_trial_complete("t2", sweep.failed_result("RuntimeError: boom"))  # NaN for every objective
     trials = {t.number: t for t in study.trials}
@@ -98,7 +98,7 @@ def test_extra_objectives_and_constraints_reach_optuna(tmp_path):
 
 @pytest.mark.parametrize("args,message", [
     (["--objective", "recal"], "did you mean 'recall'"),
-    (["--objective", "fd_classifier"], "already an objective"),
+    (["--objective", "fd_per_class"], "already an objective"),
     (["--constraint", "coverage_tv<0.15"], "operator '<' is not allowed"),
     (["--constraint", "coverage<=0.15"], "unknown metric 'coverage'"),
     (["--constraint", "coverage_tv is small"], "expected METRIC<=NUMBER"),
@@ -110,23 +110,42 @@ def test_bad_objectives_and_constraints(tmp_path, args, message):
         settings(tmp_path, *args)
 
 
+def test_default_constraints_are_those_the_split_and_budget_measure(tmp_path):
+    """Coverage needs two normal classes and a budget that scores diversity; realism is scored everywhere."""
+    assert settings(tmp_path).constraints == ("coverage_missing<=0", "realistic_share>=0.5")
+    assert settings(tmp_path, "--no-default-constraints").constraints == ()
+    mine = settings(tmp_path, "--constraint", "recall>=0.5", "--constraint", "realistic_share>=0.5")
+    assert mine.constraints == ("coverage_missing<=0", "realistic_share>=0.5", "recall>=0.5") and mine.default_constraints
+    assert settings(tmp_path, "--dataset", "stl10", "--budget", "smoke").constraints == ("realistic_share>=0.5",)
+    assert settings(tmp_path, "--dataset", "celeba").constraints == ("realistic_share>=0.5",)  # one normal class
+    # What Optuna is told: each default constraint is a constraint of the study's trials.
+    s = settings(tmp_path, "--budget", "smoke")
+    assert [str(c) for c in make_searcher(s, load_search_space(s.search_space),
+                                          budget_for("smoke", get_split(s.split))).constraints] == list(s.constraints)
+
+
 def test_resume_accepts_a_sweep_file_written_before_a_setting_existed(tmp_path):
     """sweep.json of a sweep started before --objective/--constraint existed has no such keys: it had the defaults."""
     from dataclasses import asdict
 
     from pudm_bench.errors import ConfigError
 
-    s = settings(tmp_path, "--budget", "smoke")
+    s = settings(tmp_path, "--budget", "smoke", "--no-default-constraints")
     path = tmp_path / "sweep.json"
-    old = {k: v for k, v in asdict(s).items() if k not in ("objectives", "constraints")}
+    old = {k: v for k, v in asdict(s).items() if k not in ("objectives", "constraints", "default_constraints")}
     path.write_text(json.dumps(old))
     sweep._check_resume(s, path, resume=True)  # no error
     with pytest.raises(ConfigError, match=r"constraints: \(\) -> \('recall>=0.5',\)"):
-        sweep._check_resume(settings(tmp_path, "--budget", "smoke", "--constraint", "recall>=0.5"), path, resume=True)
+        sweep._check_resume(settings(tmp_path, "--budget", "smoke", "--constraint", "recall>=0.5",
+                                     "--no-default-constraints"), path, resume=True)
+    # A sweep started before the default constraints existed had none: resumed with them, it is refused in one line
+    # that names them (--no-default-constraints resumes it, above).
+    with pytest.raises(ConfigError, match=r"constraints: \(\) -> \('coverage_missing<=0', 'realistic_share>=0.5'\)"):
+        sweep._check_resume(settings(tmp_path, "--budget", "smoke"), path, resume=True)
 
 
 def test_inception_metrics_turn_fid_on_and_need_its_weights(tmp_path, capsys):
-    """--objective fid or a *_inception constraint on digits (quality fd_classifier): trials compute Inception
+    """--objective fid or a *_inception constraint on digits (quality fd_per_class): trials compute Inception
     features, so the weights are checked before anything runs."""
     plain = settings(tmp_path, "--budget", "smoke")
     assert sweep.eval_config(plain, budget_for("smoke", get_split(plain.split))).fid == "off"
@@ -249,7 +268,10 @@ def test_smoke_sweep_end_to_end_local_cluster(tmp_path):
                     "--objective", "recall", "--constraint", "coverage_tv<=0.5"])
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Pareto front" in done.stdout and "Baselines" in done.stdout
-    assert "recall up" in done.stdout and "constraints coverage_tv<=0.5" in done.stdout
+    # The default constraints come first, then the user's.
+    constraints = ("coverage_missing<=0", "realistic_share>=0.5", "coverage_tv<=0.5")
+    assert "recall up" in done.stdout and f"constraints {', '.join(constraints)}" in done.stdout
+    assert "[prepare] digits_even referee (normal vs sensitive): " in done.stdout
     client, parents, children = read_back(uri, "pudm-digits_even")
     assert len(parents) == 1 and len(children) == 3
     parent = parents[0]
@@ -296,11 +318,14 @@ def test_smoke_sweep_end_to_end_local_cluster(tmp_path):
     assert 0.5 * estimate - 1e-6 <= float(searched.data.params["beta"]) <= 2 * estimate + 1e-6
     # The constraint: each trial is feasible exactly when its coverage TV is within the bound; the front holds
     # feasible trials only; the parent records the extra objective and the constraint.
-    assert parent.data.tags["pudm.objectives"] == "recall" and parent.data.tags["pudm.constraints"] == "coverage_tv<=0.5"
+    assert parent.data.tags["pudm.objectives"] == "recall" and parent.data.tags["pudm.constraints"] == ";".join(constraints)
     table = pd.read_csv(client.download_artifacts(parent.info.run_id, "all_trials.csv", str(tmp_path)))
     by_id = {c.data.tags["pudm.trial_id"]: c.data.metrics for c in children}
     for row in table.itertuples():
-        assert bool(row.feasible) == (by_id[row.trial_id]["coverage_tv"] <= 0.5)
+        m = by_id[row.trial_id]
+        assert 0.0 <= m["realistic_non_sensitive_rate"] <= m["non_sensitive_rate"]
+        assert bool(row.feasible) == (m["coverage_tv"] <= 0.5 and m["coverage_missing"] == 0
+                                      and m["realistic_share"] >= 0.5)
         assert not row.on_front or row.feasible
         assert {"recall", "coverage_tv", "precision"} <= set(table.columns)
     assert parent.data.metrics["n_infeasible"] == int((~table.feasible.astype(bool)).sum())

@@ -45,7 +45,9 @@ TOP_KEYS = (
 CONDITION_KEYS = ("classes", "prompt")
 # The quality objective a split is scored on by default: Inception FID for the paper's datasets; the referee's
 # feature space (cheap on a CPU) where Inception features mean little, e.g. 8x8 digits.
-QUALITY_METRICS = ("fid", "fd_classifier")
+# fd_per_class: the Fréchet distance in the per-class referee's features (evaluate.score_images), the CPU splits'
+# quality objective; fd_classifier (the binary referee's features) ranked blobs above digits on real MNIST.
+QUALITY_METRICS = ("fid", "fd_per_class", "fd_classifier")
 COUNT_KEYS = (
     "unlabeled_normal", "unlabeled_sensitive", "labeled_sensitive", "labeled_normal", "normal_test", "sensitive_test",
 )
