@@ -265,7 +265,7 @@ def train_referee(spec: RefereeSpec, data_root: Path | None, download: bool = Fa
             scheduler.step()
         if log is not None and (time.perf_counter() - last_line > 10 or epoch + 1 == epochs):
             last_line = time.perf_counter()
-            log(f"epoch {epoch + 1}/{epochs}, loss {float(loss):.3f}, {last_line - start:.0f} s")
+            log(f"epoch {epoch + 1}/{epochs}, loss {loss.item():.3f}, {last_line - start:.0f} s")
     referee = Referee(spec, model.eval(), {})
     pred = referee.predict(x_test)
     bal, recalls = balanced_accuracy(pred, y_test, k)
