@@ -45,7 +45,7 @@ def _validate(args: argparse.Namespace) -> int:
         specs = list(registry.values())
     for spec in specs:
         try:
-            built = build_split(spec, seed=args.split_seed, data_dir=args.data_dir, download=False)
+            built = build_split(spec, seed=args.split_seed, data_dir=args.data_dir, download=args.download)
         except DataNotFoundError as exc:
             print(f"ok (schema only)  {spec.name}: data not available, counts not checked: {exc}")
             continue
@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
                              help="extra folder of split YAMLs (repeatable)")
     v.add_argument("files", nargs="*", metavar="FILE")
     v.add_argument("--data-dir", default=None, help="where datasets live (default $PUDM_BENCH_DATA or ./data)")
+    v.add_argument("--download", action="store_true",
+                   help="download a torchvision dataset that is missing (needs internet), then check the counts")
     v.add_argument("--split-seed", type=int, default=0)
     return p
 

@@ -51,7 +51,12 @@ def write_suite(tmp_path: Path, data: dict) -> Path:
 
 def test_shipped_suites_load_and_name_the_papers_splits():
     names = sorted(p.stem for p in BUILTIN_SUITES_DIR.glob("*.yaml"))
-    assert names == ["digits", "digits-prior", "paper-finetune", "paper-scratch"]
+    assert names == ["digits", "digits-prior", "mnist16", "paper-finetune", "paper-scratch"]
+    mnist = load_suite("mnist16")
+    assert mnist.splits == ("mnist_even_16", "mnist_odd_16") and mnist.budget == "cpu"
+    warm = {m.label: m for m in mnist.methods if m.init}
+    assert set(warm) == {"unsupervised-ft", "pu-abs-ft", "pu-max-ft", "pu-auto-ft"}
+    assert all(m.init == "unsupervised" and m.params["steps"] == 1000 for m in warm.values())
     digits = load_suite("digits")
     assert digits.splits == ("digits_even", "digits_odd") and digits.budget == "cpu" and digits.seeds == 3
     assert [m.label for m in digits.methods] == ["unsupervised", "supervised", "pu-abs", "pu-max", "pu-auto", "filter",

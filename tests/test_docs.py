@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pudm_bench import benchmark, evaluate, fid, latent, prior, report, splits, sweep, train
+from pudm_bench import benchmark, evaluate, fid, latent, prior, report, sanity, splits, sweep, train
 
 CLI_DOC = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
 COMMANDS = {
@@ -16,6 +16,7 @@ COMMANDS = {
     "python -m pudm_bench.train": train.build_parser,
     "python -m pudm_bench.prior": prior.build_parser,
     "python -m pudm_bench.evaluate": evaluate.build_parser,
+    "python -m pudm_bench.sanity": sanity.build_parser,
     "python -m pudm_bench.splits": splits.build_parser,
     "python -m pudm_bench.fid": fid.build_parser,
     "python -m pudm_bench.latent": latent.build_parser,

@@ -13,7 +13,8 @@ from tests.dataset_files import write_mnist
 
 SHIPPED = (
     "celeba_female", "celeba_male", "cifar10_animals", "cifar10_vehicles", "digits_even", "digits_even_cond",
-    "digits_odd", "mnist_even", "mnist_odd", "sd_middle_aged_man", "stl10_animals", "stl10_vehicles",
+    "digits_odd", "mnist_even", "mnist_even_16", "mnist_odd", "mnist_odd_16", "sd_middle_aged_man", "stl10_animals",
+    "stl10_vehicles",
 )  # fmt: skip
 TORCHVISION_SPLITS = [name for name in SHIPPED if not name.startswith("digits")]
 # The pinned digits_even seed-0 fingerprint (see tests/data/test_splits.py).
@@ -128,6 +129,19 @@ def test_validate_all_shipped_splits_without_data(capsys, no_data_anywhere):
         line = line_for(lines, name)
         assert line.startswith(f"ok (schema only)  {name}: data not available"), line
         assert str(no_data_anywhere) in line  # says where it looked
+
+
+def test_validate_downloads_only_when_asked(capsys, monkeypatch):
+    """--download reaches the dataset adapter (torchvision's download=True); without it nothing is fetched."""
+    from pudm_bench import splits as cli
+
+    seen = []
+    real = cli.build_split
+    monkeypatch.setattr(cli, "build_split", lambda spec, **kw: seen.append(kw["download"]) or real(spec, **kw))
+    shipped = BUILTIN_SPLITS_DIR / "digits_even.yaml"
+    assert run(capsys, "validate", str(shipped), "--download")[0] == 0
+    assert run(capsys, "validate", str(shipped))[0] == 0
+    assert seen == [True, False]
 
 
 def test_validate_split_seed_changes_the_fingerprint(capsys):

@@ -39,7 +39,8 @@ EVEN = ("zero", "two", "four", "six", "eight")
 ODD = ("one", "three", "five", "seven", "nine")
 SHIPPED = (
     "celeba_female", "celeba_male", "cifar10_animals", "cifar10_vehicles", "digits_even", "digits_even_cond",
-    "digits_odd", "mnist_even", "mnist_odd", "sd_middle_aged_man", "stl10_animals", "stl10_vehicles",
+    "digits_odd", "mnist_even", "mnist_even_16", "mnist_odd", "mnist_odd_16", "sd_middle_aged_man", "stl10_animals",
+    "stl10_vehicles",
 )  # fmt: skip
 # digits_even built with split seed 0. If this changes, the same (split, seed) now names other images and every
 # previously recorded run's fingerprint no longer matches: only change it on purpose, and say so in the changelog.
@@ -633,6 +634,23 @@ def test_mnist_split_from_tiny_files(tmp_path):
     assert set(written.test_labels[built.indices["normal_test"]]) == {0, 2}
     nt = built.indices["normal_test"]
     assert torch.equal(built.normal_test, convert_images(torch.from_numpy(written.test_images[nt]), 32, 3))
+
+
+def test_the_16px_mnist_splits_fit_the_first_10000_training_digits(tmp_path):
+    """mnist_even_16 / mnist_odd_16 build from a training part with the class counts of the first 10,000 official
+    MNIST training digits (what ../shared/data/mnist and many offline copies hold), 9% of U sensitive, at 16x16x1."""
+    first_10000 = (1001, 1127, 991, 1032, 980, 863, 1014, 1070, 944, 978)
+    train = [digit for digit, n in enumerate(first_10000) for _ in range(n)]
+    write_mnist(tmp_path / "data", train, [i % 10 for i in range(50)])
+    for name in ("mnist_even_16", "mnist_odd_16"):
+        built = build_split(get_split(name), seed=0, data_dir=tmp_path / "data")
+        assert tuple(built.unlabeled.shape) == (4950, 1, 16, 16) and len(built.labeled_sensitive) == 450
+        assert int(built.unlabeled_is_sensitive.sum()) == 450  # true prior 450 / 4,950 = 0.091
+    # With 600 fewer even digits there are not enough for mnist_even_16's U: the count error says how many exist.
+    fewer = [d for i, d in enumerate(train) if not (d % 2 == 0 and i % 9 == 0)]
+    write_mnist(tmp_path / "fewer", fewer, [i % 10 for i in range(50)])
+    with pytest.raises(ConfigError, match="mnist_even_16"):
+        build_split(get_split("mnist_even_16"), seed=0, data_dir=tmp_path / "fewer")
 
 
 def test_data_dir_from_environment(tmp_path, monkeypatch):
