@@ -270,7 +270,9 @@ def plan(settings: BenchmarkSettings, suite: Suite) -> Plan:
                 values.update(suite.train)
                 values.update(method=method.method, **method.params)
                 if method.init is not None:
-                    values["init_from"] = f"<{method.init}>"  # validated with a stand-in; CellSearcher sets the path
+                    # A warm start's weights are its source's (which started from --pretrained, if any); the stand-in
+                    # is validated here and CellSearcher sets the real path when the source has finished.
+                    values.update(init_from=f"<{method.init}>", pretrained=None)
                 if values.get("model", "unet") != "unet":
                     values["model_preset"] = None  # a latent model's architecture is its pipeline's
                     values.setdefault("pretrained", pretrained)
@@ -287,7 +289,7 @@ def plan(settings: BenchmarkSettings, suite: Suite) -> Plan:
                     "train_config": config.to_dict(), "eval_config": asdict(evaluation),
                     "params": {"split": split.name, "label": method.label, "method": method.method, "seed": seed,
                                "lr": config.lr, "steps": config.steps, "batch_size": config.batch_size,
-                               **method.params, **({"pretrained": pretrained} if pretrained else {}),
+                               **method.params, **({"pretrained": pretrained} if pretrained and not init else {}),
                                **({"init_from": init["init"]} if init else {})},
                     "tags": {"pudm.role": "benchmark", "pudm.split": split.name, "pudm.method": method.label,
                              "pudm.seed": seed},

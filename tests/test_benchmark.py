@@ -292,9 +292,9 @@ def tiny_pipeline(path: Path, image_size: int = 8, channels: int = 1) -> Path:
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_benchmark_fine_tunes_every_method_through_ray_and_logs_one_parent_with_a_table(tmp_path, mlflow_store):
-    """A real benchmark: the filter baseline and PNU with beta estimated (the split has labeled normal data) x 2
-    seeds, smoke budget, every run fine-tuned from a pipeline written with save_pretrained, read back through
-    MlflowClient."""
+    """A real benchmark: the filter baseline and PNU with beta estimated (the split has labeled normal data),
+    smoke budget, each fine-tuned from a pipeline written with save_pretrained, and a PU run warm-started from the
+    filter run (``init: filter``: CellSearcher inside Tune), read back through MlflowClient."""
     import pandas as pd
     from mlflow.tracking import MlflowClient
 
@@ -303,7 +303,8 @@ def test_benchmark_fine_tunes_every_method_through_ray_and_logs_one_parent_with_
     splits.mkdir()
     split = yaml.safe_load((FIXTURE_SPLITS / "digits_three_vs_eight.yaml").read_text())
     (splits / "digits_three_vs_eight.yaml").write_text(yaml.safe_dump({**split, "quality_metric": "fd_classifier"}))
-    data = suite_data(splits=["digits_three_vs_eight"], pretrained="required", methods={
+    data = suite_data(splits=["digits_three_vs_eight"], pretrained="required", seeds=1, methods={
+        "warm": {"method": "pu", "beta": 0.1, "init": "filter", "steps": 7},  # listed first, runs after its source
         "filter": {"method": "filter"}, "pnu": {"method": "pnu", "correction": "max", "beta": "auto"}})
     suite_file = write_suite(tmp_path, data)
     uri = mlflow_store  # an empty store, copied (conftest)
@@ -317,27 +318,34 @@ def test_benchmark_fine_tunes_every_method_through_ray_and_logs_one_parent_with_
     assert done.returncode == 0, done.stderr[-3000:]
     assert "| pnu |" in done.stdout and "parent run" in done.stdout
 
-    run_dir = tmp_path / "runs" / "mine-smoke-x2"
+    run_dir = tmp_path / "runs" / "mine-smoke-x1"
     runs = pd.read_csv(run_dir / "benchmark_runs.csv")
-    assert len(runs) == 4 and set(runs.status) == {"TERMINATED"}
+    assert len(runs) == 3 and set(runs.status) == {"TERMINATED"}
+    assert list(runs.method) == ["warm", "filter", "pnu"]  # plan order
     assert runs.non_sensitive_rate.between(0, 1).all() and (runs.quality > 0).all()
     # Both estimated beta in their Train worker (same seed, same split: the same estimate) and the filter removed
     # that share of U.
-    assert runs.prior_estimate.between(0, 1, inclusive="neither").all()
-    assert runs.prior_true.eq(runs.prior_true.iloc[0]).all() and runs.prior_true.iloc[0] > 0
-    for seed in (0, 1):
-        estimates = runs[runs.seed == seed].prior_estimate
-        assert estimates.nunique() == 1
+    estimating = runs[runs.method != "warm"]
+    assert estimating.prior_estimate.between(0, 1, inclusive="neither").all()
+    assert estimating.prior_estimate.nunique() == 1
+    assert estimating.prior_true.eq(estimating.prior_true.iloc[0]).all() and estimating.prior_true.iloc[0] > 0
+    # The warm run trained its own 7 steps from the filter run's final model.
+    by_method = runs.set_index("method")
+    warm_config = json.loads((run_dir / "train" / f"trial-{by_method.loc['warm', 'trial_id']}" / "final"
+                              / "train_config.json").read_text())
+    source = run_dir / "train" / f"trial-{by_method.loc['filter', 'trial_id']}" / "final"
+    assert warm_config["init_from"] == str(source) and warm_config["pretrained"] is None
+    assert warm_config["steps"] == 7
     filters = runs[runs.method == "filter"]
     assert (filters.filter_sensitive_removed_share.between(0, 1) & filters.filter_normal_removed_share.between(0, 1)).all()
     table = pd.read_csv(run_dir / "benchmark_table.csv")
-    assert list(table.method) == ["filter", "pnu"] and set(table.n) == {2}
-    assert table.prior_estimate_mean.between(0, 1).all()
+    assert list(table.method) == ["warm", "filter", "pnu"] and set(table.n) == {1}
+    assert table.set_index("method").loc[["filter", "pnu"], "prior_estimate_mean"].between(0, 1).all()
     assert "| pnu |" in (run_dir / "benchmark_table.md").read_text()
     assert (run_dir / "grids" / "digits_three_vs_eight.png").is_file()  # one panel per method
     # Every run started from the saved pipeline: its unusual UNet is what each run saved at the end.
     finals = sorted((run_dir / "train").glob("trial-*/final/pipeline/unet/config.json"))
-    assert len(finals) == 4
+    assert len(finals) == 3
     assert all(json.loads(f.read_text())["block_out_channels"] == [8, 16] for f in finals)
 
     client = MlflowClient(tracking_uri=uri)
@@ -352,9 +360,12 @@ def test_benchmark_fine_tunes_every_method_through_ray_and_logs_one_parent_with_
     assert parent.data.metrics[key] == pytest.approx(expected)
     children = client.search_runs([experiment.experiment_id],
                                   f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
-    assert len(children) == 4 and {c.info.status for c in children} == {"FINISHED"}
+    assert len(children) == 3 and {c.info.status for c in children} == {"FINISHED"}
     assert {(c.data.tags["pudm.method"], c.data.tags["pudm.seed"]) for c in children} == {
-        (m, s) for m in ("filter", "pnu") for s in ("0", "1")}
-    assert all(0 < c.data.metrics["prior_estimate"] < 1 for c in children)  # logged to each child run
-    assert {c.data.params["pretrained"] for c in children} == {str(pipeline)}
+        (m, "0") for m in ("warm", "filter", "pnu")}
+    child = {c.data.tags["pudm.method"]: c for c in children}
+    assert all(0 < child[m].data.metrics["prior_estimate"] < 1 for m in ("filter", "pnu"))  # logged to each child
+    assert {child[m].data.params["pretrained"] for m in ("filter", "pnu")} == {str(pipeline)}
+    assert child["warm"].data.params["init_from"] == "digits_three_vs_eight/filter/seed0"
+    assert "pretrained" not in child["warm"].data.params
     assert all("non_sensitive_rate" in c.data.metrics for c in children)
