@@ -73,8 +73,9 @@ def budget_for(name: str, split: SplitSpec) -> Budget:
             # Measured on real MNIST at 16 px (docs/results.md, "Learning real MNIST on a CPU"): 3,000 steps of the
             # "small" UNet at batch 64 with EMA 0.999 give recognisable digits of every normal class (recall 0.8 in
             # the per-class referee's features), ~250 ms a step on one thread; 1,500 steps without EMA drew blobs.
+            # DDIM-25 scored better than DDIM-10, -50 and -100 on two such models, at half DDIM-50's cost.
             return Budget(name, steps=3000, batch_size=64, lr=1e-3, warmup_steps=100, log_every=100,
-                          checkpoint_every=500, num_samples=500, sampler="ddim", sample_steps=50, model_preset="small",
+                          checkpoint_every=500, num_samples=500, sampler="ddim", sample_steps=25, model_preset="small",
                           ema_decay=0.999)
         return Budget(name, steps=300, batch_size=32, lr=5e-4, warmup_steps=30, log_every=50, checkpoint_every=100,
                       num_samples=200, sampler="ddim", sample_steps=25, model_preset="small")
