@@ -1134,8 +1134,8 @@ def print_summary(outcome: dict[str, Any], settings: SweepSettings) -> None:
     cols = ["trial_id", "role", "method", "beta", "correction", "lr", "status", OBJECTIVE_RATE,
             "non_sensitive_rate_ci_low", "non_sensitive_rate_ci_high", settings.quality]
     # Diversity columns that this split has (coverage needs two normal classes), then any further objective.
-    cols += [c for c in dict.fromkeys(("coverage_tv", "coverage_missing_classes", "precision", "recall")
-                                      + settings.objectives)
+    cols += [c for c in dict.fromkeys(("realistic_non_sensitive_rate", "realistic_share", "coverage_tv",
+                                       "coverage_missing_classes", "precision", "recall") + settings.objectives)
              if c in frame.columns and frame[c].notna().any() and c not in cols]
     if settings.constraints:
         cols.append("violations")
