@@ -27,9 +27,9 @@ from typing import Any, Sequence
 
 import torch
 
-from pudm_bench.data.splits import BuiltSplit, build_split, get_split
+from pudm_bench.data.splits import QUALITY_METRICS, BuiltSplit, build_split, get_split
 from pudm_bench.errors import ArgumentParser, ConfigError, PudmError
-from pudm_bench.pareto import DEFAULT_CONSTRAINTS, RATE, parse_constraint, METRIC_DIRECTIONS
+from pudm_bench.pareto import DEFAULT_CONSTRAINTS, METRIC_DIRECTIONS, RATE, parse_constraint
 
 REAL = "real normal"
 BROKEN = ("noise", "blobs", "blurred", "one image", "two classes dropped")
@@ -125,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="digits_even", help="registered split name")
     p.add_argument("--splits-dir", action="append", default=[], metavar="DIR", help="extra folder of split YAMLs")
     p.add_argument("--num-images", type=int, default=500, help="images per set (a sweep trial's sample count)")
-    p.add_argument("--quality", default=None, help="quality axis (default: the split's quality_metric)")
+    p.add_argument("--quality", default=None, choices=QUALITY_METRICS,
+                   help="quality axis (default: the split's quality_metric)")
     p.add_argument("--data-dir", default=None, help="folder holding downloaded datasets")
     p.add_argument("--cache-dir", default=None, help="referee cache (default $PUDM_BENCH_CACHE or ~/.cache/pudm_bench)")
     p.add_argument("--json", action="store_true", help="print the scores as JSON instead of a table")
