@@ -140,7 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         spec = get_split(args.split, args.splits_dir)
-        config = EvalConfig(num_samples=args.num_images, fid="off", quality_metric=args.quality,
+        config = EvalConfig(num_samples=args.num_images, fid="on" if args.quality == "fid" else "off",
+                            quality_metric=args.quality,
                             cache_dir=args.cache_dir)
         split = build_split(spec, data_dir=args.data_dir)
         referee = get_referee(spec, data_dir=args.data_dir, cache_dir=args.cache_dir)
