@@ -61,7 +61,7 @@ def test_shipped_spaces_load():
     default = load_search_space(DEFAULT_SEARCH_SPACE)
     assert DEFAULT_SEARCH_SPACE == ROOT / "search_spaces" / "default.yaml"
     assert default.method == "pu" and list(default.params) == ["beta", "correction", "lr"]
-    assert default.params["beta"] == Uniform(0.05, 0.3)
+    assert default.params["beta"] == Uniform(0.05, 0.2)
     assert default.params["correction"] == Choice(("abs", "max"))
     assert default.params["lr"] == LogUniform(2.0e-4, 3.0e-3)
     assert default.fixed == {} and default.description  # budgets keep their own warm-up
@@ -119,7 +119,7 @@ def test_center():
     assert Choice(("max", "abs")).center() == "max"
     space = load_search_space(DEFAULT_SEARCH_SPACE)
     center = space.center()
-    assert center["correction"] == "abs" and center["beta"] == pytest.approx(0.175)
+    assert center["correction"] == "abs" and center["beta"] == pytest.approx(0.125)
     assert center["lr"] == pytest.approx((2.0e-4 * 3.0e-3) ** 0.5)
     assert space.contains(center) and not space.contains({**center, "beta": 0.5})
     for dist in space.params.values():
