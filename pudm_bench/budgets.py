@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 from pudm_bench.data.splits import SplitSpec
 from pudm_bench.errors import unknown_name
+from pudm_bench.evaluate import EvalConfig
+from pudm_bench.pareto import DEFAULT_CONSTRAINTS, METRIC_DIRECTIONS, parse_constraint
 
 BUDGETS = ("smoke", "cpu", "paper")
 PAPER_BATCH = {"mnist": 128, "cifar10": 128, "stl10": 32, "celeba": 16}
@@ -115,3 +118,27 @@ def budget_train_values(budget: Budget) -> dict:
                 log_every=budget.log_every, checkpoint_every=budget.checkpoint_every,
                 model_preset=budget.model_preset, prior_steps=budget.prior_steps, ema_decay=budget.ema_decay,
                 sample=SampleConfig(num_images=16, steps=budget.sample_steps, sampler=budget.sampler))
+
+
+def make_eval_config(budget: Budget, quality: str, seed: int, referee_floor: float, referee_epochs: int | None,
+                     cache_dir: Path, inception: bool = False) -> EvalConfig:
+    """How a trial is scored: the budget's sample count and sampler, samples seeded from the trial's seed;
+    Inception features (FID, and precision/recall in them) only when the search uses them (``inception``, or FID
+    as the quality)."""
+    return EvalConfig(num_samples=budget.num_samples, sampler=budget.sampler, sample_steps=budget.sample_steps,
+                      sample_seed=seed + 1234, quality_metric=quality,
+                      fid="on" if quality == "fid" or inception else "off",
+                      referee_floor=referee_floor, referee_epochs=referee_epochs or budget.referee_epochs,
+                      cache_dir=str(cache_dir), diversity=budget.diversity)
+
+
+def default_constraints(split: SplitSpec, budget: Budget) -> tuple[str, ...]:
+    """``pareto.DEFAULT_CONSTRAINTS`` that this split and budget can measure: normal-class coverage needs two or more
+    normal classes and a budget that scores diversity; realism is scored on every budget."""
+    measured = []
+    for text in DEFAULT_CONSTRAINTS:
+        metric = parse_constraint(text, METRIC_DIRECTIONS).metric
+        if metric.startswith("coverage_") and (len(split.normal_classes) < 2 or budget.diversity == "off"):
+            continue
+        measured.append(text)
+    return tuple(measured)

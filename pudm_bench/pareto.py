@@ -214,6 +214,45 @@ def default_reference(df: pd.DataFrame, minimize: str = QUALITY) -> tuple[float,
     return (0.0, worst + 0.1 * abs(worst))  # = 1.1 * worst for the non-negative distances used here
 
 
+@dataclass(frozen=True)
+class FrontSummary:
+    """A sweep's results, computed once (``summarize``) and used by the sweep's print-out, MLflow and the report.
+
+    ``trials``: every trial with ``feasible``, ``violations``, ``excluded`` and ``on_front`` (True for the searched
+    trials on the front of the searched trials; baselines are shown beside the front, never on it); ``front``: those
+    trials, best non-sensitive rate first; ``hypervolume`` of the front against ``reference``.
+    """
+
+    trials: pd.DataFrame
+    front: pd.DataFrame
+    hypervolume: float
+    reference: tuple[float, float]
+
+
+def summarize(trials: pd.DataFrame, constraints: Sequence[Constraint] = (), extra: Sequence[tuple[str, str]] = (),
+              reference: Sequence[float] | None = None) -> FrontSummary:
+    """The front, hypervolume and reference point of one sweep's ``trials`` (one row per trial with ``role``,
+    ``non_sensitive_rate`` and ``quality``; ``excluded`` marks rows without a usable result).
+
+    The reference is ``default_reference`` of the trials *before* the constraints (a sweep's hypervolume does not
+    move with the constraints it used) unless one is given (the one logged with the sweep, or a common one for a
+    comparison). Trials that break a constraint stay in ``trials`` with ``feasible`` False and leave the front.
+    """
+    trials = trials.reset_index(drop=True)
+    if reference is None:
+        reference = default_reference(trials)
+    reference = (float(reference[0]), float(reference[1]))
+    trials = apply_constraints(trials, constraints)
+    is_search = (trials["role"] != "baseline") if "role" in trials.columns else pd.Series(True, index=trials.index)
+    trials["on_front"] = False
+    if is_search.any():
+        trials.loc[is_search, "on_front"] = pareto_front(trials[is_search], RATE, QUALITY, extra=extra)
+    front = trials[trials["on_front"]].sort_values(RATE, ascending=False)
+    hypervolume = (hypervolume_2d(front[[RATE, QUALITY]].to_numpy(dtype=float), reference)
+                   if len(front) and math.isfinite(reference[1]) else 0.0)
+    return FrontSummary(trials, front, hypervolume, reference)
+
+
 def pareto_plot(df: pd.DataFrame, quality_name: str, title: str):
     """A matplotlib Figure (Agg canvas, no pyplot state): x = quality (lower is better), y = non-sensitive rate.
 

@@ -31,6 +31,7 @@ split's true share.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -45,7 +46,11 @@ import torch.nn.functional as F
 from pudm_bench.data.splits import BuiltSplit, SplitSpec, build_split, convert_images, get_split
 from pudm_bench.errors import ArgumentParser, ConfigError, PudmError
 from pudm_bench.losses import LABELED_SENSITIVE, UNLABELED, nnpu_classifier_risk
+from pudm_bench.nets import FLIP_DATASETS, ResNetReferee, SmallCNN
 
+# beta is kept inside these bounds wherever it is estimated (an estimate of 0 or 1 is a bound, not a usable prior):
+# here before a risk uses it, and in the search space's auto ranges.
+PRIOR_BOUNDS = (1e-3, 0.999)
 BBE_GAMMA = 0.01
 BBE_DELTA = 0.1
 
@@ -139,8 +144,6 @@ def _classifier_input(split: SplitSpec) -> tuple[str, int]:
 
 
 def _build_classifier(arch: str, channels: int) -> torch.nn.Module:
-    from pudm_bench.referee import ResNetReferee, SmallCNN
-
     return SmallCNN(channels, 1) if arch == "small_cnn" else ResNetReferee(channels, 1)
 
 
@@ -156,8 +159,6 @@ def train_scorer(unlabeled: torch.Tensor, sensitive: torch.Tensor, spec: SplitSp
     (``losses.nnpu_classifier_risk`` with ``prior``: the filter's classifier). Each batch is half S, half U,
     drawn with replacement from a generator seeded by ``seed``.
     """
-    from pudm_bench.referee import FLIP_DATASETS
-
     arch, size = _classifier_input(spec)
     x_u, x_s = _prepare(unlabeled, size, spec.channels).to(device), _prepare(sensitive, size, spec.channels).to(device)
     torch.manual_seed(seed)
@@ -279,19 +280,23 @@ def filter_unlabeled(split: BuiltSplit, prior: float, seed: int = 0, config: Sco
     )
 
 
-def without_unlabeled(split: BuiltSplit, removed: Sequence[int]) -> BuiltSplit:
-    """``split`` with the given U positions removed (the filter's training set)."""
-    import dataclasses
-
-    keep = torch.ones(len(split.unlabeled), dtype=torch.bool)
-    keep[torch.as_tensor(list(removed), dtype=torch.long)] = False
-    def kept(values: torch.Tensor | None) -> torch.Tensor | None:
-        return None if values is None else values[keep]
-
-    return dataclasses.replace(split, unlabeled=split.unlabeled[keep],
-                               unlabeled_is_sensitive=split.unlabeled_is_sensitive[keep],
-                               unlabeled_conditions=kept(split.unlabeled_conditions),
-                               unlabeled_prompt_ids=kept(split.unlabeled_prompt_ids))
+def prior_step(config, split: BuiltSplit, device: torch.device | str) -> dict[str, Any]:
+    """What ``train(..., prior_step=...)`` runs once before training, for ``beta: auto`` and the filter baseline:
+    estimate beta (``estimate_prior``; clamped into ``PRIOR_BOUNDS``, as an estimate of 0 or 1 is a bound, not a
+    usable prior) and/or filter U (``filter_unlabeled``), seeded by the training seed. Returns what is logged and
+    saved with every checkpoint, so a resumed run reuses it (``config``: a ``TrainConfig``)."""
+    scorer = dataclasses.replace(DEFAULT_SCORER, steps=config.prior_steps)
+    info: dict[str, Any] = {"prior_true": float(split.spec.counts.true_prior)}  # diagnostics only
+    prior = config.beta
+    if config.estimates_prior:
+        estimate = estimate_prior(split, seed=config.seed, config=scorer, device=device)
+        info.update(estimate.metrics(), prior_seconds=estimate.seconds)
+        prior = min(max(estimate.estimate, PRIOR_BOUNDS[0]), PRIOR_BOUNDS[1])
+    info["beta_used"] = float(prior)
+    if config.method == "filter":
+        result = filter_unlabeled(split, prior, seed=config.seed, config=scorer, device=device)
+        info.update(result.metrics(), filter_removed_positions=list(result.removed))
+    return info
 
 
 # ----------------------------------------------------------------------------------------------------------------

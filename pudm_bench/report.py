@@ -22,7 +22,7 @@ from typing import Sequence
 import pandas as pd
 
 from pudm_bench.errors import ArgumentParser, ConfigError, PudmError, unknown_name
-from pudm_bench.pareto import QUALITY, RATE, default_reference, hypervolume_2d, pareto_front
+from pudm_bench.pareto import METRIC_DIRECTIONS, QUALITY, RATE, default_reference, parse_constraint, summarize
 from pudm_bench.tracking import list_sweeps, load_sweep, redact, resolve_tracking_uri
 
 TABLE_COLUMNS = ["trial_id", "method", "beta", "correction", "lr", "status", RATE, "non_sensitive_rate_ci_low",
@@ -33,25 +33,11 @@ COMPARE_COLUMNS = ["trial_id", "method", "beta", "lr", RATE, QUALITY]
 DIVERSITY_SHOWN = ["coverage_tv", "coverage_missing_classes", "precision", "recall"]
 
 
-def searched_front(trials: pd.DataFrame, extra: Sequence[tuple[str, str]] = ()) -> pd.DataFrame:
-    """The searched trials on the front of the searched trials (over the sweep's ``extra`` objectives too; trials
-    that break a constraint are ``excluded``), best non-sensitive rate first."""
-    search = trials[trials["role"] != "baseline"]
-    if search.empty:
-        return search
-    return search[pareto_front(search, RATE, QUALITY, extra=extra)].sort_values(RATE, ascending=False)
-
-
 def _columns(trials: pd.DataFrame, base: list[str], extra: Sequence[tuple[str, str]]) -> list[str]:
     """``base`` plus the further objectives and the diversity metrics the trials have."""
     added = [m for m, _ in extra] + DIVERSITY_SHOWN
     return base + [c for c in dict.fromkeys(added) if c in trials.columns and c not in base
                    and trials[c].notna().any() and (trials[c] != "").any()]
-
-
-def sweep_hypervolume(trials: pd.DataFrame, reference: tuple[float, float]) -> float:
-    front = searched_front(trials)
-    return hypervolume_2d(front[[RATE, QUALITY]].to_numpy(dtype=float), reference) if len(front) else 0.0
 
 
 def _table(frame: pd.DataFrame, columns: list[str], quality: str, empty: str) -> str:
@@ -89,10 +75,10 @@ def _pick(uri: str, experiment: str | None, run_id: str | None) -> str:
 
 def report_sweep(uri: str, run_id: str) -> str:
     info, trials = load_sweep(uri, run_id)
-    quality = info["quality"]
-    reference, ref_note = info["reference"], "logged with the sweep"
-    if reference is None or not all(math.isfinite(v) for v in reference):
-        reference, ref_note = default_reference(trials), "0 and 1.1 x the worst quality of its trials"
+    quality, summary = info["quality"], info["summary"]
+    reference = summary.reference
+    ref_note = ("logged with the sweep" if info["reference"] is not None and all(map(math.isfinite, info["reference"]))
+                else "0 and 1.1 x the worst quality of its trials")
     search = trials[trials["role"] != "baseline"]
     extra = info.get("objectives") or []
     columns = _columns(trials, TABLE_COLUMNS, extra)
@@ -104,12 +90,11 @@ def report_sweep(uri: str, run_id: str) -> str:
         "",
         f"Pareto front ({directions}) of {len(search)} searched trials"
         + (f", constraints {', '.join(constraints)}:" if constraints else ":"),
-        _table(searched_front(trials, extra), columns, quality, "  (empty: no searched trial finished)"),
+        _table(summary.front, columns, quality, "  (empty: no searched trial finished)"),
     ]
     baselines = trials[trials["role"] == "baseline"]
     if len(baselines):
-        lines += ["", "Baselines (same budget; on_front: not dominated by any trial):",
-                  _table(baselines, columns + ["on_front"], quality, "")]
+        lines += ["", "Baselines (same budget):", _table(baselines, columns, quality, "")]
     infeasible = trials[~trials["feasible"].astype(bool) & (trials["status"] == "FINISHED")]
     if len(infeasible):
         lines += ["", "Trials that break a constraint (kept, not on the front):",
@@ -117,8 +102,7 @@ def report_sweep(uri: str, run_id: str) -> str:
     failed = trials[trials["status"] != "FINISHED"]
     if len(failed):
         lines += ["", "Trials without a result:", failed[["trial_id", "method", "status", "error"]].to_string(index=False)]
-    hv = sweep_hypervolume(trials, reference) if math.isfinite(reference[1]) else 0.0
-    lines += ["", f"Hypervolume of the searched front: {hv:.4g} (reference: {_reference_text(reference, quality)}; "
+    lines += ["", f"Hypervolume of the searched front: {summary.hypervolume:.4g} (reference: {_reference_text(reference, quality)}; "
                   f"{ref_note})"]
     return "\n".join(lines)
 
@@ -144,18 +128,20 @@ def report_compare(uri: str, run_a: str, run_b: str) -> str:
     split_a, split_b = info_a["tags"].get("pudm.split"), info_b["tags"].get("pudm.split")
     if split_a != split_b:
         lines.append(f"note: the sweeps are on different splits ({split_a} vs {split_b})")
-    blocks = {}
+    blocks, hypervolumes = {}, {}
     for label, info, trials in (("A", info_a, trials_a), ("B", info_b, trials_b)):
         head = (f"{label}: {info['sweep_name']!r}  experiment {info['experiment']!r}  run {info['run_id']}\n"
                 f"front of {int((trials['role'] != 'baseline').sum())} searched trials:\n")
-        front = searched_front(trials, info.get("objectives") or [])
+        front = summarize(trials, [parse_constraint(c, METRIC_DIRECTIONS) for c in info["constraints"]],
+                          info.get("objectives") or [], reference=reference)
+        hypervolumes[label] = front.hypervolume
+        front = front.front
         blocks[label] = (head + _table(front, COMPARE_COLUMNS, quality, "  (empty)"),
                          _table(trials[trials["role"] == "baseline"], COMPARE_COLUMNS, quality, "  (none)"))
     lines += ["", f"Pareto fronts ({RATE} up, {quality} down):", _side_by_side(blocks["A"][0], blocks["B"][0])]
     if len(trials_a[trials_a["role"] == "baseline"]) or len(trials_b[trials_b["role"] == "baseline"]):
         lines += ["", "Baselines:", _side_by_side(blocks["A"][1], blocks["B"][1])]
-    hv_a = sweep_hypervolume(trials_a, reference) if math.isfinite(reference[1]) else 0.0
-    hv_b = sweep_hypervolume(trials_b, reference) if math.isfinite(reference[1]) else 0.0
+    hv_a, hv_b = hypervolumes["A"], hypervolumes["B"]
     lines += ["", f"Hypervolume against a common reference ({_reference_text(reference, quality)}: rate 0 and 1.1 x "
                   f"the worst {quality} of both sweeps' trials):",
               f"  A {info_a['run_id']}: {hv_a:.4g}", f"  B {info_b['run_id']}: {hv_b:.4g}"]

@@ -20,7 +20,7 @@ the sweep estimates beta from U and S (``pudm_bench.prior``) before any trial an
 
 Only the kinds in ``KINDS`` are accepted (no code or class paths in YAML) and only the parameters in ``TUNABLE``.
 Every mistake raises a one-line ``ConfigError`` naming the file, the key, the value and the fix, before Ray starts.
-This module does not import Ray or Optuna: ``pudm_bench.sweep`` turns the distributions into Tune domains.
+This module does not import Ray or Optuna: ``orchestration.searchers`` turns the distributions into Tune domains.
 """
 
 from __future__ import annotations
@@ -39,11 +39,14 @@ import yaml
 from pudm_bench.config import TrainConfig
 from pudm_bench.errors import ConfigError, check_keys, read_yaml, unknown_name
 from pudm_bench.losses import CORRECTIONS
+from pudm_bench.prior import PRIOR_BOUNDS  # resolved auto bounds stay inside it
 
 DEFAULT_SEARCH_SPACE = Path(__file__).resolve().parents[1] / "search_spaces" / "default.yaml"
 KINDS = ("uniform", "loguniform", "int", "choice")
 # Baselines (unsupervised, supervised) have nothing to search; the sweep adds them next to the searched trials.
 SEARCHED_METHODS = ("pu", "pnu")
+# What every sweep trains beside its searched trials, with the same budget and nothing searched.
+BASELINE_METHODS = ("unsupervised", "supervised")
 TOP_LEVEL_KEYS = ("description", "method", "params", "fixed")
 # TrainConfig fields a search space must not set, and who sets them instead.
 _SET_ELSEWHERE = {
@@ -236,8 +239,6 @@ class Choice:
 
 # ``low: auto*0.5``: a bound relative to the estimated class prior (beta only).
 _AUTO_BOUND = re.compile(r"^auto\s*\*\s*(\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)$")
-# Resolved bounds are kept inside this range (beta is a prior in (0, 1)).
-PRIOR_BOUNDS = (1e-3, 0.999)
 # Load-time checks use this stand-in for the estimate (the combination must be valid before the data is read).
 NOMINAL_PRIOR = 0.1
 

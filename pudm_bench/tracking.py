@@ -39,8 +39,8 @@ from mlflow.entities import Metric, Param, RunTag, ViewType
 
 from pudm_bench.data.splits import QUALITY_METRICS
 from pudm_bench.errors import ConfigError, unknown_name
-from pudm_bench.pareto import (METRIC_DIRECTIONS, QUALITY, RATE, SCORE_METRICS, apply_constraints,
-                               default_reference, hypervolume_2d, pareto_front, pareto_plot, parse_constraint)
+from pudm_bench.pareto import (METRIC_DIRECTIONS, QUALITY, RATE, SCORE_METRICS, FrontSummary, pareto_plot,
+                               parse_constraint, summarize)
 
 TAG_KIND, TAG_SWEEP, TAG_TRIAL = "pudm.kind", "pudm.sweep_name", "pudm.trial_id"
 PARENT_KINDS = ("sweep", "benchmark")
@@ -81,11 +81,13 @@ ACTIVE_URI: str | None = None
 
 def check_experiment_name(name: str, flag: str = "--experiment") -> str:
     """An MLflow experiment name that is safe as a folder name: with a SQLite store its artifacts go to
-    ``<store>/mlruns/<name>``, so ``../`` or a path separator would put them outside the store."""
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9 _.\-]{0,127}", name) or ".." in name:
-        raise ConfigError(f"{flag}={name!r} is invalid: use letters, digits, spaces, '_', '-' or '.', no path "
-                          "separators and no '..'")
-    return name
+    ``<store>/mlruns/<name>``, so ``../``, a path separator or a space would put them outside the store or in a
+    path that shells and artifact URIs mangle. The one rule for experiment names: the CLI checks it before any
+    work, and ``SweepTracker`` again."""
+    if not _NAME_RE.fullmatch(str(name)) or ".." in str(name):
+        raise ConfigError(f"{flag}={name!r} is invalid: use letters, digits, '_', '-' or '.' (at most 128, starting "
+                          "with a letter or digit), no spaces, no path separators and no '..'")
+    return str(name)
 
 
 def redact(uri: str | None) -> str:
@@ -267,10 +269,7 @@ class SweepTracker:
 
     def __init__(self, uri: str | None, experiment_name: str) -> None:
         self.uri = resolve_tracking_uri(uri)
-        if not _NAME_RE.fullmatch(str(experiment_name)) or ".." in str(experiment_name):
-            raise ConfigError(f"experiment name {experiment_name!r} is invalid: use letters, digits, '_', '-' or '.' "
-                              "(at most 128, starting with a letter or digit), no path separators")
-        self.experiment_name = str(experiment_name)
+        self.experiment_name = check_experiment_name(experiment_name, "experiment name")
         if urlsplit(self.uri).scheme == "sqlite":
             _sqlite_path(self.uri).parent.mkdir(parents=True, exist_ok=True)
         self.client = MlflowClient(tracking_uri=self.uri)
@@ -461,28 +460,22 @@ class SweepTracker:
 
     # -- the front ------------------------------------------------------------------------------------------------
 
-    def log_pareto(self, df: pd.DataFrame, quality_name: str, reference: Sequence[float] | None = None,
-                   extra: Sequence[tuple[str, str]] = ()) -> float:
-        """Log the sweep's front on the parent run; returns the hypervolume.
+    def log_pareto(self, summary: FrontSummary, quality_name: str, extra: Sequence[tuple[str, str]] = ()) -> float:
+        """Log a sweep's results (``pareto.summarize``: computed once, by the driver) on the parent run; returns
+        the hypervolume.
 
-        ``df``: one row per trial with ``non_sensitive_rate`` and ``quality`` (and ``role``, ``status``,
-        ``excluded`` when known). The front and the hypervolume are those of the searched trials (``role`` !=
-        "baseline"), against ``reference`` (default: ``pareto.default_reference(df)``). Calling it again (a resumed
-        sweep) replaces the artifacts: ``pareto_front.json`` is written with ``log_table`` the first time and
-        overwritten in the same format afterwards, because ``log_table`` appends to an existing file. ``extra``:
-        the sweep's further (metric, direction) objectives, when ``df`` has no ``on_front`` column yet.
+        Artifacts: ``pareto_front.json`` (an MLflow table), ``pareto_front.csv``, ``all_trials.csv`` and
+        ``pareto.png``; metrics: the hypervolume with its reference point, ``pareto_size``, ``n_trials``,
+        ``n_failed`` (``n_infeasible`` with constraints). Calling it again (a resumed sweep) replaces the artifacts:
+        ``pareto_front.json`` is written with ``log_table`` the first time and overwritten in the same format
+        afterwards, because ``log_table`` appends to an existing file. ``extra``: the sweep's further (metric,
+        direction) objectives, shown after the two fixed ones.
         """
         run_id = self._parent()
-        df = df.reset_index(drop=True)
+        df, front, reference, hypervolume = summary.trials, summary.front, summary.reference, summary.hypervolume
         if QUALITY not in df.columns and quality_name in df.columns:
-            df[QUALITY] = df[quality_name]
-        reference = tuple(float(v) for v in (reference if reference is not None else default_reference(df)))
-        search = df[df["role"] != "baseline"] if "role" in df.columns else df
-        front = search[pareto_front(search, RATE, QUALITY, extra=extra)] if len(search) else search
-        hypervolume = hypervolume_2d(front[[RATE, QUALITY]].to_numpy(dtype=float), reference) if len(front) else 0.0
-        all_trials = df.copy()
-        if "on_front" not in all_trials.columns:
-            all_trials["on_front"] = pareto_front(all_trials, RATE, QUALITY, extra=extra)
+            df = df.assign(**{QUALITY: df[quality_name]})
+        all_trials = df
         # The objectives first: the MLflow UI's table view shows the leading columns without scrolling; then the
         # diversity metrics the trials have (coverage needs two normal classes).
         diversity = [c for c in SCORE_METRICS + ("coverage_missing_classes",)
@@ -491,7 +484,7 @@ class SweepTracker:
                                "correction", "lr", "method") if c in front.columns]
         leading = list(dict.fromkeys(leading))
         front = front[leading + [c for c in front.columns if c not in leading]]
-        self._log_table(run_id, front.sort_values(RATE, ascending=False), "pareto_front.json")
+        self._log_table(run_id, front, "pareto_front.json")
         with tempfile.TemporaryDirectory() as tmp:
             for name, table in (("pareto_front.csv", front), ("all_trials.csv", all_trials)):
                 table.to_csv(Path(tmp) / name, index=False)
@@ -673,19 +666,19 @@ def load_sweep(uri: str | None, run_id: str) -> tuple[dict[str, Any], pd.DataFra
     finite = trials[RATE].astype(float).map(math.isfinite) & trials[QUALITY].astype(float).map(math.isfinite)
     trials["excluded"] = ~(finite & (trials["status"] == "FINISHED"))
     extra, constraints = sweep_objectives(tags)
-    trials = apply_constraints(trials, constraints)
-    trials["on_front"] = pareto_front(trials, RATE, QUALITY, extra=extra)
-    trials = trials[list(TRIAL_COLUMNS)]
     m = run.data.metrics
     reference = ((m["hypervolume_ref_rate"], m["hypervolume_ref_quality"])
                  if "hypervolume_ref_rate" in m and "hypervolume_ref_quality" in m else None)
+    # The same summary the sweep logged: its constraints, objectives and reference point (``pareto.summarize``).
+    summary = summarize(trials, constraints, extra, reference=reference)
+    trials = summary.trials[list(TRIAL_COLUMNS)]
     experiment = client.get_experiment(run.info.experiment_id)
     info = {
         "run_id": run.info.run_id, "experiment_id": run.info.experiment_id, "experiment": experiment.name,
         "sweep_name": tags.get(TAG_SWEEP), "status": run.info.status,
         "start_time": pd.to_datetime(run.info.start_time, unit="ms", utc=True),
         "end_time": pd.to_datetime(run.info.end_time, unit="ms", utc=True) if run.info.end_time else None,
-        "quality": quality, "reference": reference, "hypervolume": m.get("hypervolume"),
+        "quality": quality, "reference": reference, "hypervolume": m.get("hypervolume"), "summary": summary,
         "objectives": extra, "constraints": [str(c) for c in constraints],
         "tags": {k: v for k, v in tags.items() if not k.startswith("mlflow.")}, "params": dict(run.data.params),
         "metrics": dict(m), "artifact_uri": run.info.artifact_uri, "tracking_uri": redact(uri),

@@ -12,17 +12,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pudm_bench import benchmark
-from pudm_bench.benchmark import (
-    BUILTIN_SUITES_DIR,
-    load_suite,
-    markdown_table,
-    parse_suite,
-    plan,
-    runs_frame,
-    summary_table,
-    table_metrics,
-)
+from pudm_bench.cli import benchmark
+from pudm_bench.orchestration.plan import plan
+from pudm_bench.orchestration.settings import BenchmarkSettings
+from pudm_bench.suites import BUILTIN_SUITES_DIR, load_suite, parse_suite
+from pudm_bench.tables import markdown_table, runs_frame, summary_table, table_metrics
 from pudm_bench.config import TrainConfig
 from pudm_bench.data.splits import get_split
 from pudm_bench.errors import ConfigError
@@ -37,7 +31,7 @@ def suite_data(**changes) -> dict:
     return data
 
 
-def settings_for(suite_file: Path, tmp_path: Path, *extra: str) -> benchmark.BenchmarkSettings:
+def settings_for(suite_file: Path, tmp_path: Path, *extra: str) -> BenchmarkSettings:
     args = benchmark.build_parser().parse_args(["--suite", str(suite_file), "--storage", str(tmp_path / "runs"),
                                                 "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", *extra])
     return benchmark.settings_from_args(args, load_suite(args.suite))

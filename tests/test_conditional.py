@@ -122,7 +122,7 @@ def test_condition_plan_follows_the_shares():
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from pudm_bench.train import run
+    from pudm_bench.cli.train import run
 
     run_dir = tmp_path_factory.mktemp("cond") / "run"
     config = TrainConfig(split="digits_even_cond", method="pu", beta=0.1, steps=30, log_every=10,

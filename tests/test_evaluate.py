@@ -12,7 +12,7 @@ from pudm_bench.errors import ConfigError
 from pudm_bench.evaluate import EvalConfig, main, score_images, wilson_interval
 from pudm_bench.fid import frechet_distance
 from pudm_bench.referee import RefereeTooWeakError, check_referee, get_referee, load_referee_file, save_referee
-from pudm_bench.train import run
+from pudm_bench.cli.train import run
 
 
 def test_wilson_interval_known_values():

@@ -147,7 +147,7 @@ def test_lora_run_resumes_exactly(tiny_sd, cond_split, tmp_path):
 
 def test_train_cli_writes_a_reloadable_sd_run_and_evaluate_scores_it(tiny_sd, tmp_path, digits_referee):
     from pudm_bench.evaluate import EvalConfig, evaluate_run
-    from pudm_bench.train import main
+    from pudm_bench.cli.train import main
 
     out = tmp_path / "cli"
     code = main(["--split", "digits_even_cond", "--method", "pu", "--beta", "0.1", "--model", "sd", "--pretrained",
@@ -269,7 +269,7 @@ def test_pu_folder_split_reads_bags_prompts_and_truth(tmp_path):
     assert not split.is_conditional  # captions set the text; the PU risk stays pooled
     assert split.prompt_shares().tolist() == pytest.approx([0.5, 0.5])  # U's 12 normal images, 6 of each
     assert split.summary()["unlabeled_sensitive"] == 3
-    from pudm_bench.prior import without_unlabeled  # the filter's training set keeps each image's prompt
+    from pudm_bench.data.splits import without_unlabeled  # the filter's training set keeps each image's prompt
 
     assert without_unlabeled(split, [0, 1]).unlabeled_prompt_ids.tolist() == [i % 2 for i in range(2, 15)]
     # Without metadata: the split's one prompt, U's truth unknown (the declared counts are reported).

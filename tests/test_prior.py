@@ -12,7 +12,8 @@ from pudm_bench.config import SampleConfig, TrainConfig
 from pudm_bench.data.splits import BuiltSplit, SplitCounts, SplitSpec, build_split, get_split
 from pudm_bench.errors import ConfigError
 from pudm_bench.losses import LABELED_SENSITIVE, UNLABELED, nnpu_classifier_risk
-from pudm_bench.prior import ScorerConfig, bbe_from_scores, estimate_prior, filter_unlabeled, without_unlabeled
+from pudm_bench.data.splits import without_unlabeled
+from pudm_bench.prior import ScorerConfig, bbe_from_scores, estimate_prior, filter_unlabeled
 from pudm_bench.train import train
 
 FAST = ScorerConfig(steps=60, batch_size=64, folds=3, bootstrap=30)
@@ -205,7 +206,7 @@ def test_filter_run_estimates_filters_trains_and_resumes_without_re_estimating(t
     monkeypatch.setattr(prior_module, "DEFAULT_SCORER", FAST)
     split = digits_at_ten_percent
     config = tiny(method="filter", unlabeled_sensitive_share=0.1, steps=2)
-    first = train(config, split, tmp_path)
+    first = train(config, split, tmp_path, prior_step=prior_module.prior_step)
     pm = first.prior_metrics
     assert 0 < pm["prior_estimate"] < 1 and pm["beta_used"] == pytest.approx(pm["prior_estimate"])
     assert pm["filter_removed"] == math.ceil(pm["beta_used"] * len(split.unlabeled))
@@ -216,8 +217,7 @@ def test_filter_run_estimates_filters_trains_and_resumes_without_re_estimating(t
     def no_second_estimate(*args, **kwargs):
         raise AssertionError("a resumed run must reuse the checkpoint's prior")
 
-    monkeypatch.setattr("pudm_bench.train._compute_prior", no_second_estimate)
-    resumed = train(config.replace(steps=4), split, tmp_path)
+    resumed = train(config.replace(steps=4), split, tmp_path, prior_step=no_second_estimate)
     assert resumed.resumed_from == 2 and resumed.prior_metrics == pm
 
 
@@ -233,7 +233,8 @@ def test_pu_with_beta_auto_trains_with_the_estimate(tmp_path, monkeypatch, digit
         return real(method, error, role, **kwargs)
 
     monkeypatch.setattr(train_module, "training_risk", spy)
-    result = train(tiny(method="pu", beta="auto", steps=2), digits_at_ten_percent, tmp_path)
+    result = train(tiny(method="pu", beta="auto", steps=2), digits_at_ten_percent, tmp_path,
+                   prior_step=prior_module.prior_step)
     assert {m for m, _ in seen} == {"pu"}
     assert {b for _, b in seen} == {result.prior_metrics["beta_used"]}
     assert "filter_removed" not in result.prior_metrics
@@ -247,8 +248,17 @@ def test_filter_trains_the_unsupervised_risk(tmp_path, monkeypatch, digits_at_te
     real = train_module.training_risk
     monkeypatch.setattr(train_module, "training_risk",
                         lambda method, *a, **k: seen.append(method) or real(method, *a, **k))
-    train(tiny(method="filter", beta=0.1, steps=2), digits_at_ten_percent, tmp_path)
+    train(tiny(method="filter", beta=0.1, steps=2), digits_at_ten_percent, tmp_path, prior_step=prior_module.prior_step)
     assert set(seen) == {"unsupervised"}
+
+
+def test_the_loop_gets_its_prior_estimator_from_the_caller(tmp_path, digits_at_ten_percent):
+    """The training loop imports no estimator: beta auto (or the filter) without one is refused before training."""
+    from pudm_bench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="needs the class-prior estimator"):
+        train(tiny(method="pu", beta="auto", steps=2), digits_at_ten_percent, tmp_path)
+    assert not list(tmp_path.glob("checkpoints/step_*"))
 
 
 def test_prior_cli_prints_the_estimate_beside_the_truth(tmp_path, capsys):
@@ -263,7 +273,7 @@ def test_prior_cli_prints_the_estimate_beside_the_truth(tmp_path, capsys):
 
 
 def test_train_cli_takes_beta_auto_the_filter_method_and_the_share_option(capsys):
-    from pudm_bench.train import main
+    from pudm_bench.cli.train import main
 
     assert main(["--method", "filter", "--unlabeled-sensitive-share", "0.05", "--dry-run"]) == 0
     out = json.loads(capsys.readouterr().out)

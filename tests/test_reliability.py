@@ -29,6 +29,7 @@ from mlflow import MlflowClient
 from pudm_bench.config import SampleConfig, TrainConfig
 from pudm_bench.data.splits import build_split, get_split
 from pudm_bench.evaluate import EvalConfig, evaluate_model
+from pudm_bench.orchestration.cluster import dashboard_port
 from pudm_bench.train import Callback, train
 
 ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
@@ -266,7 +267,7 @@ def sweep_losing_a_node(folder: Path, sweep_args: list[str], experiment: str, ur
     # node is lost during trial 1, and trial 2 runs on the cluster that is left.
     cluster = Cluster(initialize_head=True, connect=False,
                       head_node_args={"num_cpus": 0, "temp_dir": str(temp), "include_dashboard": True,
-                                      "dashboard_host": "127.0.0.1"})
+                                      "dashboard_host": "127.0.0.1", "dashboard_port": dashboard_port()})
     try:
         nodes = [cluster.add_node(num_cpus=1) for _ in range(3)]
         cluster.wait_for_nodes()

@@ -9,15 +9,18 @@ import os
 import pickle
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
-from pudm_bench import sweep
 from pudm_bench.checkpoint import load_checkpoint, save_checkpoint
+from pudm_bench.cli import sweep
 from pudm_bench.data.splits import load_split_file
 from pudm_bench.errors import ConfigError
+from pudm_bench.orchestration import callbacks, cluster
+from pudm_bench.orchestration import settings as run_settings
 from pudm_bench.search_space import load_search_space
 from pudm_bench.tracking import check_experiment_name, redact
 
@@ -39,11 +42,29 @@ class Payload:
 
 def test_a_local_ray_cluster_binds_its_dashboard_to_localhost(monkeypatch):
     seen = {}
-    monkeypatch.setattr(sweep.ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(sweep.ray, "init", lambda **kwargs: seen.update(kwargs))
-    monkeypatch.setattr(sweep.ray, "cluster_resources", lambda: {"CPU": 2.0})
-    sweep.start_ray(None, 2, 0)
+    monkeypatch.setattr(cluster.ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(cluster.ray, "init", lambda **kwargs: seen.update(kwargs))
+    monkeypatch.setattr(cluster.ray, "cluster_resources", lambda: {"CPU": 2.0})
+    cluster.start_ray(None, 2, 0)
     assert seen["dashboard_host"] == "127.0.0.1" and seen["address"] == "local"  # never another cluster
+
+
+def test_a_second_local_cluster_gets_another_dashboard_port(monkeypatch):
+    """Two sweeps on one machine: the second's dashboard must not need the port the first one holds."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        taken = held.getsockname()[1]
+        monkeypatch.setattr(cluster, "DASHBOARD_PORT", taken)
+        port = cluster.dashboard_port()
+        assert port != taken and port > 0
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as free:
+        free.bind(("127.0.0.1", 0))
+        unused = free.getsockname()[1]
+    monkeypatch.setattr(cluster, "DASHBOARD_PORT", unused)
+    assert cluster.dashboard_port() == unused  # the default, when it is free
 
 
 def test_the_mlflow_server_helper_binds_to_localhost(monkeypatch):
@@ -141,7 +162,7 @@ def test_yaml_tags_that_build_objects_are_refused_in_every_user_file(tmp_path):
     space.write_text(f"method: pu\nparams:\n  beta: {TAG.format(marker=marker)}\n")
     suite = tmp_path / "suite.yaml"
     suite.write_text(f"name: evil\nsplits: [digits_even]\nmethods: {TAG.format(marker=marker)}\n")
-    from pudm_bench.benchmark import load_suite
+    from pudm_bench.suites import load_suite
 
     for load, path in ((load_split_file, split), (load_search_space, space), (load_suite, suite)):
         with pytest.raises(ConfigError, match="asks to build a Python object"):
@@ -155,13 +176,13 @@ def test_yaml_tags_that_build_objects_are_refused_in_every_user_file(tmp_path):
 @pytest.mark.parametrize("name", ["../x", "a/../../b", "/etc/passwd", "..", "x\\y", ""])
 def test_names_that_would_escape_their_folder_are_refused(name):
     with pytest.raises(ConfigError):
-        sweep._safe_name(name)
+        run_settings.check_name(name, "--name")
     with pytest.raises(ConfigError):
         check_experiment_name(name)
 
 
 def test_benchmark_names_are_checked_like_sweep_names(tmp_path, capsys):
-    from pudm_bench.benchmark import main
+    from pudm_bench.cli.benchmark import main
 
     assert main(["--name", "../../escape", "--storage", str(tmp_path / "store"), "--dry-run"]) == 2
     assert "--name='../../escape' is invalid" in capsys.readouterr().err
@@ -191,9 +212,9 @@ def test_tracking_uris_are_redacted(uri, hidden):
 
 def test_the_sweep_state_file_holds_no_credentials(tmp_path):
     args = sweep.build_parser().parse_args(["--storage", str(tmp_path), "--budget", "smoke"])
-    settings = sweep.replace(sweep.settings_from_args(args), mlflow_uri="http://alice:s3cret@127.0.0.1:5000")
-    written = sweep.write_sweep_state(tmp_path / "sweep.json", settings, parent_run_id="p")
-    text = (tmp_path / "sweep.json").read_text()
+    settings = replace(sweep.settings_from_args(args), mlflow_uri="http://alice:s3cret@127.0.0.1:5000")
+    written = run_settings.write_state(settings, parent_run_id="p")
+    text = settings.state_file.read_text()
     assert "s3cret" not in text and "alice:***@127.0.0.1" in text
     assert "s3cret" not in written.mlflow_uri  # what trials receive
     assert json.loads(text)["parent_run_id"] == "p"
@@ -207,7 +228,7 @@ def test_the_sweep_never_prints_a_password_from_the_tracking_uri(tmp_path):
 
 
 def test_the_tracking_callback_pickles_without_the_uri_and_uses_the_drivers_after_restore(monkeypatch):
-    callback = sweep.TrackingCallback("http://alice:s3cret@127.0.0.1:5000", "exp", "s", "parent")
+    callback = callbacks.TrackingCallback("http://alice:s3cret@127.0.0.1:5000", "exp", "s", "parent")
     data = pickle.dumps(callback)  # what Tune writes into the sweep's storage folder
     assert b"s3cret" not in data
     from pudm_bench import tracking

@@ -13,11 +13,15 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from pudm_bench import sweep
 from pudm_bench.budgets import budget_for
+from pudm_bench.cli.sweep import build_parser, main, settings_from_args
 from pudm_bench.data.splits import get_split
-from pudm_bench.search_space import load_search_space
-from pudm_bench.sweep import BASELINE_METHODS, build_parser, main, make_searcher, settings_from_args, trial_train_config
+from pudm_bench.orchestration import searchers, trial, worker
+from pudm_bench.orchestration import sweep as sweep_driver
+from pudm_bench.orchestration.searchers import make_searcher
+from pudm_bench.orchestration.settings import check_resume
+from pudm_bench.orchestration.trial import trial_train_config
+from pudm_bench.search_space import BASELINE_METHODS, load_search_space
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,7 +60,7 @@ def test_optuna_study_has_two_directions(tmp_path):
     s = settings(tmp_path, "--budget", "smoke")
     space = load_search_space(s.search_space)
     searcher = make_searcher(s, space, budget_for("smoke", get_split(s.split)))
-    searcher.set_search_properties(None, None, sweep._tune_param_space(space))
+    searcher.set_search_properties(None, None, searchers.tune_param_space(space))
     first = [searcher.suggest(f"t{i}") for i in range(3)]
     assert [c["method"] for c in first[:2]] == list(BASELINE_METHODS)
     assert "method" not in first[2] and 0 < first[2]["beta"] < 1
@@ -74,7 +78,7 @@ def test_extra_objectives_and_constraints_reach_optuna(tmp_path):
     assert s.objectives == ("recall", "coverage_tv") and s.constraints == ("coverage_tv<=0.15", "precision>=0.5")
     space = load_search_space(s.search_space)
     searcher = make_searcher(s, space, budget_for("smoke", get_split(s.split)))
-    searcher.set_search_properties(None, None, sweep._tune_param_space(space))
+    searcher.set_search_properties(None, None, searchers.tune_param_space(space))
     study = searcher.inner._ot_study
     D = optuna.study.StudyDirection
     assert study.directions == [D.MAXIMIZE, D.MINIMIZE, D.MAXIMIZE, D.MINIMIZE]
@@ -84,7 +88,7 @@ def test_extra_objectives_and_constraints_reach_optuna(tmp_path):
                                       "coverage_tv": 0.1, "precision": 0.8})
     searcher.on_trial_complete("t1", {"non_sensitive_rate": 0.99, "fd_per_class": 1.0, "recall": 0.4,
                                       "coverage_tv": 0.4, "precision": 0.3})
-    searcher.on_trial_complete("t2", sweep.failed_result("RuntimeError: boom"))  # NaN for every objective
+    searcher.on_trial_complete("t2", worker.failed_result("RuntimeError: boom"))  # NaN for every objective
     trials = {t.number: t for t in study.trials}
     assert trials[0].constraints == pytest.approx({"coverage_tv<=0.15": 0.1 - 0.15, "precision>=0.5": 0.5 - 0.8})
     assert trials[1].constraints == pytest.approx({"coverage_tv<=0.15": 0.4 - 0.15, "precision>=0.5": 0.5 - 0.3})
@@ -131,27 +135,27 @@ def test_resume_accepts_a_sweep_file_written_before_a_setting_existed(tmp_path):
     from pudm_bench.errors import ConfigError
 
     s = settings(tmp_path, "--budget", "smoke", "--no-default-constraints")
-    path = tmp_path / "sweep.json"
     old = {k: v for k, v in asdict(s).items() if k not in ("objectives", "constraints", "default_constraints")}
-    path.write_text(json.dumps(old))
-    sweep._check_resume(s, path, resume=True)  # no error
+    s.state_file.parent.mkdir(parents=True)
+    s.state_file.write_text(json.dumps(old))
+    check_resume(s, resume=True)  # no error
     with pytest.raises(ConfigError, match=r"constraints: \(\) -> \('recall>=0.5',\)"):
-        sweep._check_resume(settings(tmp_path, "--budget", "smoke", "--constraint", "recall>=0.5",
-                                     "--no-default-constraints"), path, resume=True)
+        check_resume(settings(tmp_path, "--budget", "smoke", "--constraint", "recall>=0.5",
+                              "--no-default-constraints"), resume=True)
     # A sweep started before the default constraints existed had none: resumed with them, it is refused in one line
     # that names them (--no-default-constraints resumes it, above).
     with pytest.raises(ConfigError, match=r"constraints: \(\) -> \('coverage_missing<=0', 'realistic_share>=0.5'\)"):
-        sweep._check_resume(settings(tmp_path, "--budget", "smoke"), path, resume=True)
+        check_resume(settings(tmp_path, "--budget", "smoke"), resume=True)
 
 
 def test_inception_metrics_turn_fid_on_and_need_its_weights(tmp_path, capsys):
     """--objective fid or a *_inception constraint on digits (quality fd_per_class): trials compute Inception
     features, so the weights are checked before anything runs."""
     plain = settings(tmp_path, "--budget", "smoke")
-    assert sweep.eval_config(plain, budget_for("smoke", get_split(plain.split))).fid == "off"
+    assert trial.eval_config(plain, budget_for("smoke", get_split(plain.split))).fid == "off"
     for extra in (["--objective", "fid"], ["--constraint", "recall_inception>=0.3"]):
         s = settings(tmp_path, "--budget", "smoke", *extra)
-        assert sweep.eval_config(s, budget_for("smoke", get_split(s.split))).fid == "on"
+        assert trial.eval_config(s, budget_for("smoke", get_split(s.split))).fid == "on"
         code = main(["--storage", str(tmp_path / "store"), "--budget", "smoke", "--mlflow-uri",
                      str(tmp_path / "mlflow.db"), *extra])
         assert code == 2 and "Inception weights for FID not found" in capsys.readouterr().err
@@ -184,7 +188,7 @@ def test_seeded_sampler_proposes_the_same_configs(tmp_path):
         s = settings(tmp_path, "--no-baselines")
         space = load_search_space(s.search_space)
         searcher = make_searcher(s, space, budget_for("cpu", get_split(s.split)))
-        searcher.set_search_properties(None, None, sweep._tune_param_space(space))
+        searcher.set_search_properties(None, None, searchers.tune_param_space(space))
         proposals.append([searcher.suggest(f"t{i}") for i in range(4)])
     assert proposals[0] == proposals[1]
 
@@ -197,7 +201,7 @@ def test_searcher_state_survives_tunes_save_and_restore(tmp_path):
 
     def fresh():
         searcher = make_searcher(s, space, budget_for("smoke", get_split(s.split)))
-        searcher.set_search_properties(None, None, sweep._tune_param_space(space))
+        searcher.set_search_properties(None, None, searchers.tune_param_space(space))
         return searcher
 
     original = fresh()
@@ -376,9 +380,11 @@ def test_stopping_trials_early_frees_their_train_workers(tmp_path):
 
     s = settings(tmp_path, "--budget", "smoke", "--gpus-per-worker", "0")
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
-    ray.init(num_cpus=2, dashboard_host="127.0.0.1", log_to_driver=False)
+    from pudm_bench.orchestration.cluster import dashboard_port
+
+    ray.init(num_cpus=2, dashboard_host="127.0.0.1", dashboard_port=dashboard_port(), log_to_driver=False)
     try:
-        trainable = tune.with_resources(tune.with_parameters(sweep.run_trial, settings=s), {"cpu": 0.01})
+        trainable = tune.with_resources(tune.with_parameters(trial.run_trial, settings=s), {"cpu": 0.01})
         tuner = tune.Tuner(
             trainable,
             param_space={"beta": tune.uniform(0.05, 0.3), "correction": "abs", "lr": 1e-3},
@@ -404,7 +410,7 @@ def test_train_workers_do_not_log_every_report():
 
     from ray.train.v2._internal.execution import context as train_context
 
-    from pudm_bench.sweep import _quiet_train_reports
+    from pudm_bench.orchestration.worker import _quiet_train_reports
 
     _quiet_train_reports()
     assert not train_context.logger.isEnabledFor(logging.INFO)
@@ -417,13 +423,13 @@ def test_sweep_prior_is_estimated_once_and_kept_for_resume(tmp_path, monkeypatch
     s = settings(tmp_path, "--budget", "smoke", "--search-space", str(ROOT / "search_spaces" / "beta_auto.yaml"))
     split = get_split(s.split)
     budget = budget_for("smoke", split)
-    first = sweep.sweep_prior(s, split, budget)
+    first = sweep_driver.sweep_prior(s, split, budget)
     assert 0 < first["prior_estimate"] < 1 and first["prior_true"] == pytest.approx(60 / 660)
-    assert (s.sweep_dir / "prior.json").is_file()
+    assert (s.run_dir / "prior.json").is_file()
     monkeypatch.setattr(prior_module, "estimate_prior", lambda *a, **k: pytest.fail("estimated twice"))
-    assert sweep.sweep_prior(s, split, budget) == first
+    assert sweep_driver.sweep_prior(s, split, budget) == first
     space = load_search_space(s.search_space).resolve_prior(first["prior_estimate"])
-    domain = sweep._tune_param_space(space)["beta"]
+    domain = searchers.tune_param_space(space)["beta"]
     assert domain.lower == pytest.approx(first["prior_estimate"] / 2, rel=1e-4)
 
 
@@ -434,7 +440,7 @@ def test_searched_trials_log_the_search_spaces_fixed_values(tmp_path):
 
     from mlflow import MlflowClient
 
-    from pudm_bench.sweep import TrackingCallback
+    from pudm_bench.orchestration.callbacks import TrackingCallback
     from pudm_bench.tracking import SweepTracker
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -14,7 +14,7 @@ import pytest
 from mlflow import MlflowClient
 
 from pudm_bench.errors import ConfigError
-from pudm_bench.pareto import default_reference, hypervolume_2d, pareto_front
+from pudm_bench.pareto import default_reference, hypervolume_2d, summarize
 from pudm_bench.tracking import (
     SweepTracker, check_tracking_reachable, list_sweeps, load_sweep, redact, resolve_tracking_uri,
 )
@@ -37,9 +37,7 @@ def trials_frame(trials, quality: str = "fd_classifier") -> pd.DataFrame:
                      "non_sensitive_rate": math.nan if rate is None else rate,
                      "quality": math.nan if q is None else q, quality: math.nan if q is None else q,
                      "excluded": rate is None, "error": error})
-    frame = pd.DataFrame(rows)
-    frame["on_front"] = pareto_front(frame)
-    return frame
+    return pd.DataFrame(rows)
 
 
 def record_sweep(uri: str, experiment: str, name: str, trials=TRIALS, quality: str = "fd_classifier") -> str:
@@ -55,8 +53,7 @@ def record_sweep(uri: str, experiment: str, name: str, trials=TRIALS, quality: s
                                             "non_sensitive_rate_ci_high": min(rate + 0.05, 1.0), quality: q,
                                             "referee_balanced_accuracy": 0.97}, None)
         tracker.end_trial(tid, status, error)
-    frame = trials_frame(trials, quality)
-    tracker.log_pareto(frame, quality, default_reference(frame))
+    tracker.log_pareto(summarize(trials_frame(trials, quality)), quality)
     tracker.end_sweep("FINISHED")
     return parent
 
@@ -169,7 +166,7 @@ def test_log_pareto_artifacts_and_metrics_without_duplicates_on_resume(store):
     # a resumed sweep logs the front again: the table is replaced, not appended to
     again = SweepTracker(store, "pudm-pareto")
     assert again.start_sweep("pareto", tags={}, params={"seed": 1}, resume_run_id=parent) == parent
-    again.log_pareto(frame, "fd_classifier", reference)
+    again.log_pareto(summarize(frame, reference=reference), "fd_classifier")
     table = json.loads(Path(client.download_artifacts(parent, "pareto_front.json")).read_text())
     assert sorted(row[table["columns"].index("trial_id")] for row in table["data"]) == ["t0", "t1"]
     assert len(pd.read_csv(client.download_artifacts(parent, "all_trials.csv"))) == 6
@@ -205,7 +202,8 @@ def test_read_back(store):
     assert by_id.loc["t0", "lr"] == pytest.approx(1e-3) and by_id.loc["b0", "method"] == "unsupervised"
     assert by_id.loc["t3", "excluded"] and by_id.loc["t3", "status"] == "FAILED"
     assert by_id.loc["t3", "error"].startswith("NonFiniteLossError")
-    assert sorted(by_id.index[by_id.on_front]) == ["b0", "b1", "t0", "t1"]
+    # The front the sweep logged: of the searched trials (t2 is dominated by t1); baselines are never on it.
+    assert sorted(by_id.index[by_id.on_front]) == ["t0", "t1"]
     with pytest.raises(ConfigError, match="no sweep with run id"):
         load_sweep(store, "0123456789abcdef0123456789abcdef")
     child = children(store, parent)[0].info.run_id

@@ -15,7 +15,8 @@ from pudm_bench.data.splits import build_split, get_split
 from pudm_bench.errors import ConfigError, NonFiniteLossError
 from pudm_bench.losses import LABELED_SENSITIVE, UNLABELED
 from pudm_bench.sampling import sample_images
-from pudm_bench.train import TrainingSet, batch_indices, main, train
+from pudm_bench.cli.train import main
+from pudm_bench.train import TrainingSet, batch_indices, train
 
 
 @pytest.fixture(scope="module")

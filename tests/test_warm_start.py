@@ -1,5 +1,5 @@
 """Warm start (``--init-from``): a run begins from another run's final model, on the same split and geometry only;
-benchmark suites chain a method's runs onto another method's (``init:``) through ``sweep.CellSearcher``."""
+benchmark suites chain a method's runs onto another method's (``init:``) through ``orchestration.searchers.CellSearcher``."""
 
 import json
 from pathlib import Path
@@ -9,7 +9,8 @@ import torch
 from diffusers import UNet2DModel
 
 from pudm_bench import train as train_module
-from pudm_bench.benchmark import parse_suite
+from pudm_bench.cli import train as train_cli
+from pudm_bench.suites import parse_suite
 from pudm_bench.config import SampleConfig, TrainConfig
 from pudm_bench.data.splits import build_split, get_split
 from pudm_bench.errors import ConfigError
@@ -27,7 +28,7 @@ def tiny(**changes) -> TrainConfig:
 def source_run(tmp_path_factory):
     """A finished 4-step unsupervised run of digits_even (train.run: pipeline/, config.json, checkpoints/)."""
     run_dir = tmp_path_factory.mktemp("source") / "run"
-    train_module.run(tiny(), run_dir, progress=False)
+    train_cli.run(tiny(), run_dir, progress=False)
     return run_dir
 
 
@@ -58,7 +59,7 @@ def test_warm_start_begins_from_the_source_weights(source_run, digits_even_split
 
 def test_warm_started_run_trains_its_own_steps_with_a_fresh_schedule(source_run, tmp_path):
     run_dir = tmp_path / "warm"
-    metrics = train_module.run(tiny(method="pu", beta=0.1, steps=3, init_from=str(source_run)), run_dir,
+    metrics = train_cli.run(tiny(method="pu", beta=0.1, steps=3, init_from=str(source_run)), run_dir,
                                progress=False)
     assert metrics["steps"] == 3 and metrics["resumed_from_step"] == 0  # its own steps, not the source's 4 + 3
     saved = json.loads((run_dir / "config.json").read_text())["config"]
@@ -120,11 +121,11 @@ def test_config_checks():
 
 def test_train_cli_takes_init_from(source_run, tmp_path, capsys):
     out = tmp_path / "cli"
-    assert train_module.main(["--split", "digits_odd", "--method", "unsupervised", "--steps", "2",
+    assert train_cli.main(["--split", "digits_odd", "--method", "unsupervised", "--steps", "2",
                               "--init-from", str(source_run), "--out", str(out), "--no-progress"]) == 2
     assert "trained on split 'digits_even'" in capsys.readouterr().err
     assert not out.exists()  # refused before anything was written
-    assert train_module.main(["--method", "pu", "--beta", "0.1", "--init-from", str(source_run), "--dry-run"]) == 0
+    assert train_cli.main(["--method", "pu", "--beta", "0.1", "--init-from", str(source_run), "--dry-run"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["config"]["init_from"] == str(source_run.resolve())
     assert printed["run_dir"].endswith("_warm_s0")
@@ -162,7 +163,8 @@ def test_plan_chains_each_warm_cell_to_its_source(tmp_path):
                         "pnu": {"method": "pnu", "beta": 0.1},
                         "pnu-warm": {"method": "pu", "beta": 0.1, "init": "pnu"}}}
     settings = settings_for(write_suite(tmp_path, data), tmp_path)
-    from pudm_bench.benchmark import load_suite, plan
+    from pudm_bench.orchestration.plan import plan
+    from pudm_bench.suites import load_suite
 
     the_plan = plan(settings, load_suite(settings.suite_file))
     warm = the_plan.cells["digits_even/pu-warm/seed1"]
@@ -180,7 +182,7 @@ class _Searcher:
 
     @staticmethod
     def make(tmp_path):
-        from pudm_bench.sweep import CellSearcher
+        from pudm_bench.orchestration.searchers import CellSearcher
 
         cells = {"a/u/seed0": {}, "a/warm/seed0": {"init": "a/u/seed0"}, "a/u/seed1": {},
                  "a/warm/seed1": {"init": "a/u/seed1"}}
@@ -214,7 +216,7 @@ def test_cell_searcher_waits_for_sources_and_passes_their_final_model(tmp_path):
 
 
 def test_a_warm_cell_whose_source_failed_reports_a_failure(monkeypatch):
-    from pudm_bench import sweep
+    from pudm_bench.orchestration import trial as sweep
 
     reports = []
     monkeypatch.setattr(sweep.tune, "report", lambda result: reports.append(result))

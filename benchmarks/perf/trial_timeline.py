@@ -1,7 +1,7 @@
 """Where a sweep trial's time goes before and after its model compute (docs/performance.md, item 5).
 
 Runs ``--trials`` short digits trials one after another through Tune and Ray Train the way the sweep does (a Tune
-function trainable per trial, reused between trials, that calls ``TorchTrainer.fit()`` on ``sweep.train_worker``),
+function trainable per trial, reused between trials, that calls ``TorchTrainer.fit()`` on ``orchestration.worker.train_worker``),
 and stamps wall-clock times from every process involved into one file:
 
 - trial start: Tune starts (or reuses) the trial's process;
@@ -48,7 +48,7 @@ def main() -> int:
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from pudm_bench import sweep
+    from pudm_bench.orchestration import cluster, settings, worker
     from pudm_bench.config import TrainConfig
     from pudm_bench.data.splits import get_split
     from pudm_bench.evaluate import EvalConfig
@@ -57,16 +57,16 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="pudm-timeline-"))
     stamps = str(tmp / "stamps.jsonl")
     get_referee(get_split("digits_even"))  # cached before the clock matters
-    sweep.start_ray(None, None, 0)
+    cluster.start_ray(None, None, 0)
     config = TrainConfig(split="digits_even", method="pu", beta=0.1, steps=args.steps, log_every=20,
                          checkpoint_every=args.steps // 2).to_dict()
     evaluation = asdict(EvalConfig(num_samples=50, sample_steps=25, sample_batch_size=50))
-    cpus = sweep._cpus_per_worker(argparse.Namespace(cpus_per_worker="auto", ray_address=None, num_cpus=None,
+    cpus = settings.cpus_per_worker(argparse.Namespace(cpus_per_worker="auto", ray_address=None, num_cpus=None,
                                                      max_concurrent=1, workers_per_trial=1))
 
     def train_function(loop_config: dict) -> None:
         stamp(loop_config["stamps"], "function_start")
-        sweep.train_worker(loop_config)
+        worker.train_worker(loop_config)
         stamp(loop_config["stamps"], "function_end")
 
     def trial(params: dict) -> None:
@@ -83,7 +83,7 @@ def main() -> int:
         trainer.fit()
         stamp(stamps, "fit_return")
 
-    tuner = tune.Tuner(tune.with_resources(trial, {"cpu": sweep.TRIAL_DRIVER_CPU}),
+    tuner = tune.Tuner(tune.with_resources(trial, {"cpu": settings.TRIAL_DRIVER_CPU}),
                        param_space={"i": tune.grid_search(list(range(args.trials)))},
                        tune_config=tune.TuneConfig(max_concurrent_trials=1, reuse_actors=True),
                        run_config=tune.RunConfig(name="tune", storage_path=str(tmp), verbose=0))
@@ -109,7 +109,7 @@ def main() -> int:
                 "reports inside the train function)", rows, list(rows[0]))
     summary = {k: statistics.median(r[k] for r in rows[1:] or rows) for k in rows[0] if k != "trial"}
     write_json(args.out, "trial_timeline", {"args": vars(args), "rows": rows, "median_after_first": summary,
-                                            "env": {k: os.environ.get(k) for k in sweep.TRAIN_ENV}})
+                                            "env": {k: os.environ.get(k) for k in cluster.TRAIN_ENV}})
     return 0
 
 

@@ -27,6 +27,7 @@ from pudm_bench.data.splits import build_split, get_split
 from pudm_bench.evaluate import EvalConfig, score_images
 from pudm_bench.referee import get_class_referee, get_referee
 from pudm_bench.sampling import save_grid
+from pudm_bench.prior import prior_step
 from pudm_bench.train import load_generator, save_pipeline, train
 
 SHOWN = ("non_sensitive_rate", "realistic_non_sensitive_rate", "realistic_share", "fd_per_class", "fd_classifier",
@@ -67,7 +68,7 @@ def main() -> None:
         generator = load_generator(a.out / "run" / "pipeline", config, split, "cpu")
     else:
         start = time.perf_counter()
-        result = train(config, split, a.out / "run", resume=False)
+        result = train(config, split, a.out / "run", resume=False, prior_step=prior_step)
         info.update(train_s=time.perf_counter() - start, final=result.metrics)
         save_pipeline(result, a.out / "run")
         generator = result.generator

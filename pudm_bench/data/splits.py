@@ -21,14 +21,14 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from pudm_bench.data.base import ImageSource, check_options, get_dataset
 from pudm_bench.errors import ConfigError, check_keys, read_yaml, unknown_name
-from pudm_bench.models import MODEL_PRESETS
+from pudm_bench.presets import MODEL_PRESETS
 
 BUILTIN_SPLITS_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "splits"
 SPLITS_PATH_ENV = "PUDM_BENCH_SPLITS_PATH"
@@ -612,3 +612,15 @@ def split_fingerprint(spec: SplitSpec, indices: Mapping[str, np.ndarray]) -> str
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
+
+def without_unlabeled(split: BuiltSplit, removed: Sequence[int]) -> BuiltSplit:
+    """``split`` with the given U positions removed (the filter's training set)."""
+    keep = torch.ones(len(split.unlabeled), dtype=torch.bool)
+    keep[torch.as_tensor(list(removed), dtype=torch.long)] = False
+    def kept(values: torch.Tensor | None) -> torch.Tensor | None:
+        return None if values is None else values[keep]
+
+    return dataclasses.replace(split, unlabeled=split.unlabeled[keep],
+                               unlabeled_is_sensitive=split.unlabeled_is_sensitive[keep],
+                               unlabeled_conditions=kept(split.unlabeled_conditions),
+                               unlabeled_prompt_ids=kept(split.unlabeled_prompt_ids))
