@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
+from scipy.stats import binomtest
 
 from pudm_bench.config import SAMPLERS, TrainConfig
 from pudm_bench.data.splits import QUALITY_METRICS, BuiltSplit, build_split, get_split
@@ -83,19 +84,13 @@ class EvalConfig:
                               f"num_samples={self.num_samples})")
 
 
-def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
-    """95% Wilson score interval for a binomial proportion; unlike p +- z*se it stays inside [0, 1] and is
-    sensible at p = 0 or 1 (where non-sensitive rates of good models live)."""
+def wilson_interval(successes: int, n: int) -> tuple[float, float]:
+    """95% Wilson score interval for a binomial proportion (scipy's ``binomtest(...).proportion_ci``); unlike
+    p +- z*se it stays inside [0, 1] and is sensible at p = 0 or 1 (where non-sensitive rates of good models live)."""
     if n == 0:
         return (0.0, 1.0)
-    p = successes / n
-    denom = 1 + z * z / n
-    center = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    # At p = 0 or 1 the bound on that side is exactly 0 or 1; computed, it can round to 0.9999999999999999.
-    low = 0.0 if successes == 0 else max(0.0, center - half)
-    high = 1.0 if successes == n else min(1.0, center + half)
-    return (low, high)
+    ci = binomtest(int(successes), int(n)).proportion_ci(confidence_level=0.95, method="wilson")
+    return (float(ci.low), float(ci.high))
 
 
 def normal_rate(logits: torch.Tensor) -> tuple[float, int]:

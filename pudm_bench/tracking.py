@@ -54,7 +54,6 @@ TAG_OBJECTIVES, TAG_CONSTRAINTS = "pudm.objectives", "pudm.constraints"  # a swe
 TRIAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
 SWEEP_STATUSES = ("FINISHED", "FAILED", "KILLED")
 MAX_ERROR_CHARS = 5000
-QUALITY_COLUMNS = QUALITY_METRICS
 TRIAL_COLUMNS = ("trial_id", "role", "method", "beta", "correction", "lr", "status", RATE,
                  "non_sensitive_rate_ci_low", "non_sensitive_rate_ci_high", QUALITY, *QUALITY_METRICS,
                  *SCORE_METRICS, "coverage_missing_classes", "referee_balanced_accuracy", "feasible",
@@ -644,7 +643,7 @@ def load_sweep(uri: str | None, run_id: str) -> tuple[dict[str, Any], pd.DataFra
     children = _search_all(client, [run.info.experiment_id], f"tags.`{TAG_PARENT}` = '{run_id}'",
                            order_by=["attributes.start_time ASC"])
     quality = tags.get(TAG_QUALITY) or next(
-        (q for q in QUALITY_COLUMNS if any(q in c.data.metrics for c in children)), "fd_classifier")
+        (q for q in QUALITY_METRICS if any(q in c.data.metrics for c in children)), "fd_classifier")
     rows = []
     for child in children:
         metrics, params, ctags = child.data.metrics, child.data.params, child.data.tags

@@ -279,6 +279,16 @@ def test_smoke_sweep_end_to_end_local_cluster(tmp_path):
     client, parents, children = read_back(uri, "pudm-digits_even")
     assert len(parents) == 1 and len(children) == 3
     parent = parents[0]
+    # The Optuna study is in the sweep's folder: the searched trial with its three objectives, as MLflow has it.
+    import optuna
+
+    sweep_dir = tmp_path / "store" / "digits_even-beta_auto-smoke-s0"
+    study = optuna.load_study(study_name=sweep_dir.name, storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE", "MAXIMIZE"]
+    assert [t.state.name for t in study.trials] == ["COMPLETE"]
+    searched = next(c for c in children if c.data.tags["pudm.role"] == "search")
+    assert study.trials[0].values[0] == pytest.approx(searched.data.metrics["non_sensitive_rate"])
+    assert study.trials[0].params["beta"] == pytest.approx(float(searched.data.params["beta"]))
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["pudm.split"] == "digits_even" and len(parent.data.tags["pudm.split_fingerprint"]) == 16
     assert "hypervolume" in parent.data.metrics

@@ -20,7 +20,7 @@ from pudm_bench.orchestration.settings import (SweepSettings, at_least, pretrain
                                                resolve_execution)
 from pudm_bench.search_space import BASELINE_METHODS, DEFAULT_SEARCH_SPACE, load_search_space
 
-SAMPLERS = ("tpe", "nsga2", "gp")  # Optuna samplers (orchestration.searchers.make_searcher)
+OPTUNA_SAMPLERS = ("tpe", "nsga2", "gp")  # orchestration.searchers.make_searcher; not config.SAMPLERS (ddim, ddpm)
 DEFAULT_SPLIT_FOR_DATASET = {
     "digits": "digits_even", "mnist": "mnist_even", "cifar10": "cifar10_vehicles", "stl10": "stl10_vehicles",
     "celeba": "celeba_male",
@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=int, default=6, help="searched trials (baselines come on top)")
     p.add_argument("--budget", default="cpu", choices=BUDGETS, help="training length and evaluation size")
     p.add_argument("--seed", type=int, default=0, help="seeds the Optuna sampler and every trial")
-    p.add_argument("--sampler", default="tpe", choices=SAMPLERS, help="Optuna sampler")
+    p.add_argument("--sampler", default="tpe", choices=OPTUNA_SAMPLERS, help="Optuna sampler")
     p.add_argument("--baselines", action=argparse.BooleanOptionalAction, default=True,
                    help="also train the unsupervised and supervised baselines with the same budget")
     p.add_argument("--experiment", default=None, help="MLflow experiment (default: pudm-<split>)")

@@ -124,6 +124,11 @@ class CellSearcher(Searcher):
         self.pending, self.cell_of, self.finished = state["pending"], state["cell_of"], state["finished"]
 
 
+def study_storage(settings: SweepSettings) -> str:
+    """The Optuna storage URL of a sweep's study (named after the sweep): ``sqlite:///<run dir>/optuna.db``."""
+    return f"sqlite:///{settings.run_dir / 'optuna.db'}"
+
+
 def make_searcher(settings: SweepSettings, space: SearchSpace, budget: Budget) -> BaselinesFirst:
     """Seeded Optuna multi-objective search (non-sensitive rate up, quality down, plus ``--objective``s) behind the
     baselines; with ``--constraint``s, each trial's constraint values go to Optuna (``Trial.set_constraint``), whose
@@ -139,7 +144,11 @@ def make_searcher(settings: SweepSettings, space: SearchSpace, budget: Budget) -
     else:
         sampler = optuna.samplers.GPSampler(seed=settings.seed)
     objectives = settings.objective_directions
-    optuna_search = OptunaSearch(metric=[m for m, _ in objectives], mode=[d for _, d in objectives], sampler=sampler)
+    # The study lives in the sweep's folder (optuna.db), so optuna.load_study and optuna-dashboard read it directly.
+    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    storage = optuna.storages.RDBStorage(study_storage(settings))
+    optuna_search = OptunaSearch(metric=[m for m, _ in objectives], mode=[d for _, d in objectives], sampler=sampler,
+                                 storage=storage, study_name=settings.name)
     baselines = [dict({k: None for k in space.params}, method=m, lr=budget.lr)
                  for m in (BASELINE_METHODS if settings.baselines else ())]
     return BaselinesFirst(optuna_search, baselines, settings.parsed_constraints)
