@@ -62,6 +62,38 @@ def runs_frame(outcomes: list[dict[str, Any]], the_plan: Plan):
     return frame
 
 
+TEXT_COLUMNS = ("status", "error", "violations", "coverage_missing_classes", "quality_metric")
+
+
+def read_runs(paths, the_plan: Plan) -> pd.DataFrame:
+    """``benchmark_runs.csv`` files of one suite's parts as one runs frame (the rows ``runs_frame`` wrote), in plan
+    order; a (split, method, seed) in several files counts once, the later file's row. Rows of cells the plan does
+    not have (another suite, more seeds) are refused."""
+    from pudm_bench.errors import ConfigError
+
+    frames = []
+    for path in paths:
+        if not Path(path).is_file():
+            raise ConfigError(f"--merge: {path} does not exist; give the benchmark_runs.csv of each part")
+        frames.append(pd.read_csv(path, keep_default_na=False))  # "" stays "" in text columns (no violations)
+    runs = pd.concat(frames, ignore_index=True)
+    for column in runs.columns:  # numbers as numbers ("" from a missing value is NaN), text as text ("" kept)
+        if column not in TEXT_COLUMNS:
+            try:
+                runs[column] = pd.to_numeric(runs[column].replace("", math.nan))
+            except (TypeError, ValueError):
+                pass
+    runs = runs.drop_duplicates(["split", "method", "seed"], keep="last")
+    order = {cell_id: i for i, cell_id in enumerate(the_plan.cells)}
+    keys = [f"{r.split}/{r.method}/seed{int(r.seed)}" for r in runs.itertuples()]
+    unknown = [k for k in keys if k not in order]
+    if unknown:
+        raise ConfigError(f"--merge: runs {', '.join(unknown[:3])} are not in suite {the_plan.suite.name!r} with "
+                          "these seeds; pass the suite and a --seeds that covers every part")
+    runs = runs.assign(_order=[order[k] for k in keys]).sort_values("_order").drop(columns="_order")
+    return runs.reset_index(drop=True)
+
+
 def summary_table(runs, the_plan: Plan):
     """Long form: one row per (split, method) with n (finished runs), planned runs, mean and std of both objectives."""
     rows = []

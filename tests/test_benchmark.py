@@ -363,3 +363,33 @@ def test_benchmark_fine_tunes_every_method_through_ray_and_logs_one_parent_with_
     assert child["warm"].data.params["init_from"] == "digits_three_vs_eight/filter/seed0"
     assert "pretrained" not in child["warm"].data.params
     assert all("non_sensitive_rate" in c.data.metrics for c in children)
+
+
+def test_a_benchmark_in_parts_merges_into_one_table(tmp_path, capsys):
+    """--first-seed runs a later seed as its own part; --merge builds the table of all parts from their runs files,
+    with the same numbers as one run of every seed (text columns such as violations survive the CSV round trip)."""
+    suite_file = write_suite(tmp_path, suite_data())
+    first = settings_for(suite_file, tmp_path, "--seeds", "1")
+    second = settings_for(suite_file, tmp_path, "--seeds", "1", "--first-seed", "1")
+    assert second.name.endswith("-x1-from1") and second.name != first.name
+    assert list(plan(second, load_suite(second.suite_file)).cells) == ["digits_even/unsupervised/seed1",
+                                                                       "digits_even/pu-abs/seed1"]
+    whole = plan(settings_for(suite_file, tmp_path), load_suite(str(suite_file)))
+    outcomes = [_outcome("digits_even/unsupervised/seed0", 0.90, 3.0), _outcome("digits_even/unsupervised/seed1", 1.00, 5.0),
+                _outcome("digits_even/pu-abs/seed0", 0.98, 1.5, realistic=0.1), _outcome("digits_even/pu-abs/seed1", 0.96, 2.5)]
+    parts = []
+    for i, (the_settings, mine) in enumerate(((first, outcomes[::2]), (second, outcomes[1::2]))):
+        part_plan = plan(the_settings, load_suite(the_settings.suite_file))
+        path = tmp_path / f"part{i}.csv"
+        runs_frame(mine, part_plan).to_csv(path, index=False)
+        parts.append(str(path))
+    expected = markdown_table(summary_table(runs_frame(outcomes, whole), whole), whole)
+    assert benchmark.main(["--suite", str(suite_file), "--storage", str(tmp_path / "runs"), "--name", "merged",
+                           "--merge", *parts]) == 0
+    merged = (tmp_path / "runs" / "merged" / "benchmark_table.md").read_text()
+    assert expected in merged and "⚑1/2" in merged  # the unrealistic pu-abs seed 0 is flagged once
+    assert "| unsupervised | 0.950 ± 0.071 |" in capsys.readouterr().out
+    # A part from another suite or seed range is refused in one line.
+    assert benchmark.main(["--suite", str(suite_file), "--seeds", "1", "--storage", str(tmp_path / "runs"),
+                           "--name", "m2", "--merge", *parts]) == 2
+    assert "are not in suite 'mine'" in capsys.readouterr().err

@@ -22,7 +22,8 @@ from pudm_bench.errors import ArgumentParser, ConfigError
 from pudm_bench.orchestration.plan import plan
 from pudm_bench.orchestration.settings import BenchmarkSettings, pretrained_source, resolve_execution
 from pudm_bench.pareto import RATE
-from pudm_bench.suites import Suite, load_suite, suite_files
+from pudm_bench.suites import Plan, Suite, load_suite, suite_files
+from pudm_bench.tables import markdown_table, read_runs, summary_table
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--suite", default="digits", help="suite name (benchmarks/suites/*.yaml or --suites-dir) or a YAML path")
     p.add_argument("--suites-dir", action="append", default=[], metavar="DIR", help="extra folder of suite YAMLs (repeatable)")
     p.add_argument("--seeds", type=int, default=None, help="training seeds per split and method (default: the suite's)")
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="run seeds FIRST..FIRST+SEEDS-1: a long benchmark in parts (e.g. --seeds 1 --first-seed 2), "
+                        "combined with --merge")
+    p.add_argument("--merge", nargs="+", default=None, metavar="RUNS_CSV",
+                   help="no training: the table of the suite from these parts' benchmark_runs.csv files (written "
+                        "with --seeds covering every part, e.g. --seeds 3), into <storage>/<name>/")
     p.add_argument("--budget", default=None, choices=BUDGETS, help="training length and evaluation size (default: the suite's)")
     p.add_argument("--splits-dir", action="append", default=[], metavar="DIR", help="extra folder of split YAMLs (repeatable)")
     p.add_argument("--experiment", default=None, help="MLflow experiment (default: pudm-benchmark-<suite>)")
@@ -64,10 +71,13 @@ def settings_from_args(args: argparse.Namespace, suite: Suite) -> BenchmarkSetti
     if seeds < 1:
         raise ConfigError(f"--seeds={seeds} is invalid: expected an integer >= 1")
     budget = args.budget or suite.budget
-    execution = resolve_execution(args, name=args.name or f"{suite.name}-{budget}-x{seeds}",
+    if args.first_seed < 0:
+        raise ConfigError(f"--first-seed={args.first_seed} is invalid: expected an integer >= 0")
+    part = f"-from{args.first_seed}" if args.first_seed else ""
+    execution = resolve_execution(args, name=args.name or f"{suite.name}-{budget}-x{seeds}{part}",
                                   experiment=args.experiment or f"pudm-benchmark-{suite.name}", budget=budget)
     return BenchmarkSettings(**execution, suite=suite.name, suite_file=str(Path(suite.source).resolve()), seeds=seeds,
-                             pretrained=_pretrained_pairs(args.pretrained))
+                             pretrained=_pretrained_pairs(args.pretrained), first_seed=args.first_seed)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -85,6 +95,8 @@ def _run(args: argparse.Namespace) -> int:
     suite = load_suite(args.suite, args.suites_dir)
     settings = settings_from_args(args, suite)
     the_plan = plan(settings, suite)
+    if args.merge:
+        return merge_parts(args.merge, settings, the_plan)
     if args.dry_run:
         from pudm_bench.tracking import redact
 
@@ -111,4 +123,23 @@ def _run(args: argparse.Namespace) -> int:
     print(f"Table: {outcome['run_dir'] / 'benchmark_table.md'} (and .csv; per run: benchmark_runs.csv)")
     print(f"MLflow: {outcome['tracking_uri']}  experiment {outcome['experiment']!r}  parent run {outcome['parent_run_id']}")
     print(f"  open it: mlflow ui --backend-store-uri {outcome['tracking_uri']} --host 127.0.0.1")
+    return 0
+
+
+def merge_parts(paths: Sequence[str], settings: BenchmarkSettings, the_plan: Plan) -> int:
+    """The suite's tables from the ``benchmark_runs.csv`` of benchmarks run in parts (``--first-seed``): a run that
+    appears in two parts counts once (the later file's), a run of the plan in no part counts as not finished."""
+    runs = read_runs(paths, the_plan)
+    table = summary_table(runs, the_plan)
+    suite = the_plan.suite
+    title = f"# {suite.name}: {suite.description}" if suite.description else f"# {suite.name}"
+    markdown = f"{title}\n\nMerged from {len(paths)} part(s): {', '.join(map(str, paths))}\n\n" + \
+        markdown_table(table, the_plan)
+    run_dir = settings.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "benchmark_table.md").write_text(markdown)
+    table.to_csv(run_dir / "benchmark_table.csv", index=False)
+    runs.to_csv(run_dir / "benchmark_runs.csv", index=False)
+    print(markdown)
+    print(f"Table: {run_dir / 'benchmark_table.md'} (and .csv; per run: benchmark_runs.csv)")
     return 0

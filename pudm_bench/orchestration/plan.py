@@ -38,13 +38,14 @@ def plan(settings: BenchmarkSettings, suite: Suite) -> Plan:
     splits = {spec.name: spec for spec in variants}
     cells: dict[str, dict[str, Any]] = {}
     skipped = []
-    for seed in range(settings.seeds):  # seeds outermost: the first runs to finish cover every method and split
+    seeds = range(settings.first_seed, settings.first_seed + settings.seeds)
+    for seed in seeds:  # seeds outermost: the first runs to finish cover every method and split
         for split in splits.values():
             budget = budget_for(settings.budget, split)
             pretrained = pretrained_for(settings, suite, split)
             for method in suite.methods:
                 if method.needs_labeled_normal and split.counts.labeled_normal == 0:
-                    if seed == 0:
+                    if seed == seeds[0]:
                         skipped.append((split.name, method.label, "the split has no labeled normal data"))
                     continue
                 values = dict(budget_train_values(budget), split=split.registry_name, seed=seed,
@@ -83,6 +84,6 @@ def plan(settings: BenchmarkSettings, suite: Suite) -> Plan:
         if cell.get("init") and cell["init"] not in cells:
             del cells[cell_id]
             split_name, label = cell["params"]["split"], cell["params"]["label"]
-            if cell["params"]["seed"] == 0:
+            if cell["params"]["seed"] == seeds[0]:
                 skipped.append((split_name, label, f"its warm start {cell['init'].split('/')[1]} is not run there"))
     return Plan(suite, splits, cells, skipped, settings.budget)

@@ -109,6 +109,9 @@ class BenchmarkSettings(ExecutionSettings):
     suite_file: str
     seeds: int
     pretrained: tuple[tuple[str, str], ...] = ()  # (dataset or split or "*", model) pairs
+    # The seeds run are first_seed .. first_seed + seeds - 1: a long benchmark run in parts (one part per seed, say)
+    # whose runs files ``--merge`` combines into one table.
+    first_seed: int = 0
 
     KIND: ClassVar[str] = "benchmark"
     STATE_FILE: ClassVar[str] = "benchmark.json"
