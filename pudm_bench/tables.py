@@ -67,7 +67,7 @@ TEXT_COLUMNS = ("status", "error", "violations", "coverage_missing_classes", "qu
 
 def read_runs(paths, the_plan: Plan) -> pd.DataFrame:
     """``benchmark_runs.csv`` files of one suite's parts as one runs frame (the rows ``runs_frame`` wrote), in plan
-    order; a (split, method, seed) in several files counts once, the later file's row. Rows of cells the plan does
+    order; a (split, method, seed) in several files counts once: its finished row, else the later file's. Rows of cells the plan does
     not have (another suite, more seeds) are refused."""
     from pudm_bench.errors import ConfigError
 
@@ -83,7 +83,10 @@ def read_runs(paths, the_plan: Plan) -> pd.DataFrame:
                 runs[column] = pd.to_numeric(runs[column].replace("", math.nan))
             except (TypeError, ValueError):
                 pass
-    runs = runs.drop_duplicates(["split", "method", "seed"], keep="last")
+    # A finished run wins over an unfinished one of the same cell (a part stopped early lists its cells as
+    # NO_RESULT); among finished ones, the later file's.
+    runs = (runs.assign(_done=runs[RATE].notna()).sort_values("_done", kind="stable")
+            .drop_duplicates(["split", "method", "seed"], keep="last").drop(columns="_done"))
     order = {cell_id: i for i, cell_id in enumerate(the_plan.cells)}
     keys = [f"{r.split}/{r.method}/seed{int(r.seed)}" for r in runs.itertuples()]
     unknown = [k for k in keys if k not in order]

@@ -389,6 +389,14 @@ def test_a_benchmark_in_parts_merges_into_one_table(tmp_path, capsys):
     merged = (tmp_path / "runs" / "merged" / "benchmark_table.md").read_text()
     assert expected in merged and "⚑1/2" in merged  # the unrealistic pu-abs seed 0 is flagged once
     assert "| unsupervised | 0.950 ± 0.071 |" in capsys.readouterr().out
+    # A part stopped early lists its unfinished cells: a finished row of the same cell elsewhere wins.
+    stopped = tmp_path / "stopped.csv"
+    runs_frame([_outcome("digits_even/unsupervised/seed0", None, None, status="ERROR", error="stopped")],
+               plan(first, load_suite(first.suite_file))).to_csv(stopped, index=False)
+    assert benchmark.main(["--suite", str(suite_file), "--storage", str(tmp_path / "runs"), "--name", "merged2",
+                           "--merge", *parts, str(stopped)]) == 0
+    assert expected in (tmp_path / "runs" / "merged2" / "benchmark_table.md").read_text()
+    capsys.readouterr()
     # A part from another suite or seed range is refused in one line.
     assert benchmark.main(["--suite", str(suite_file), "--seeds", "1", "--storage", str(tmp_path / "runs"),
                            "--name", "m2", "--merge", *parts]) == 2
