@@ -93,7 +93,15 @@ def read_runs(paths, the_plan: Plan) -> pd.DataFrame:
     if unknown:
         raise ConfigError(f"--merge: runs {', '.join(unknown[:3])} are not in suite {the_plan.suite.name!r} with "
                           "these seeds; pass the suite and a --seeds that covers every part")
+    # A planned run in no part is listed as not run, so the tables say (k/n) of the whole plan.
+    missing = [dict(split=c["params"]["split"], method=c["params"]["label"], seed=c["params"]["seed"],
+                    status="NOT_RUN", **{RATE: math.nan}) for cell_id, c in the_plan.cells.items() if cell_id not in keys]
+    runs = pd.concat([runs, pd.DataFrame(missing)], ignore_index=True) if missing else runs
+    keys = [f"{r.split}/{r.method}/seed{int(r.seed)}" for r in runs.itertuples()]
     runs = runs.assign(_order=[order[k] for k in keys]).sort_values("_order").drop(columns="_order")
+    for column in TEXT_COLUMNS:
+        if column in runs:
+            runs[column] = runs[column].fillna("")
     return runs.reset_index(drop=True)
 
 
@@ -143,7 +151,7 @@ def _missing_counts(done) -> str:
 
 def _mean_std(mean: float, std: float, digits: int) -> str:
     if not math.isfinite(mean):
-        return "failed"
+        return "—"  # no finished run (not run yet, stopped, or failed: the runs list below says which)
     return f"{mean:.{digits}f} ± {std:.{digits}f}" if math.isfinite(std) else f"{mean:.{digits}f}"
 
 
@@ -172,7 +180,7 @@ def markdown_table(table, the_plan: Plan) -> str:
             cells.append(_mean_std(r.quality_mean, r.quality_std, 3) + note)
         lines.append("| " + " | ".join(cells) + " |")
     seeds = max((int(n) for n in table.planned), default=0) if len(table) else 0
-    notes = [f"Mean ± sample standard deviation over {seeds} training seed(s); (k/n): only k of n runs finished."]
+    notes = [f"Mean ± sample standard deviation over {seeds} training seed(s); (k/n): only k of n runs finished; —: none."]
     if len(table) and table["flagged"].sum():
         notes.append("⚑k/n: k of the n runs break a default constraint of the sweep (a normal class under half its "
                      "share, or samples mostly off the real-image manifold: docs/metrics.md); a sweep keeps such "

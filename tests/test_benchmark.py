@@ -397,6 +397,11 @@ def test_a_benchmark_in_parts_merges_into_one_table(tmp_path, capsys):
                            "--merge", *parts, str(stopped)]) == 0
     assert expected in (tmp_path / "runs" / "merged2" / "benchmark_table.md").read_text()
     capsys.readouterr()
+    # A planned run in no part counts as not finished: (k/n) of the whole plan.
+    assert benchmark.main(["--suite", str(suite_file), "--storage", str(tmp_path / "runs"), "--name", "merged3",
+                           "--merge", parts[0]]) == 0
+    assert "| unsupervised | 0.900 (1/2) |" in (tmp_path / "runs" / "merged3" / "benchmark_table.md").read_text()
+    capsys.readouterr()
     # A part from another suite or seed range is refused in one line.
     assert benchmark.main(["--suite", str(suite_file), "--seeds", "1", "--storage", str(tmp_path / "runs"),
                            "--name", "m2", "--merge", *parts]) == 2
