@@ -52,14 +52,15 @@ def isolated_cache(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="session")
 def digits_even_split():
-    from pudm_bench.data.splits import build_split, get_split
+    from pudm_bench.data.build import build_split
+    from pudm_bench.data.splits import get_split
 
     return build_split(get_split("digits_even"), seed=0)
 
 
 @pytest.fixture(scope="session")
 def digits_referee(digits_even_split):
-    from pudm_bench.referee import get_referee
+    from pudm_bench.scoring.referee import get_referee
 
     return get_referee(digits_even_split.spec)
 

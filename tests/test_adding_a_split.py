@@ -115,7 +115,7 @@ def test_the_documented_pu_folder_validates_and_counts_its_files(tmp_path, capsy
     """The page's PU folder (section 4), at 8 px: its YAML validates against a folder laid out as the page shows;
     one file too few in 0_unlabeled/ is a one-line error naming the count. (In this process: the subprocess runs
     of the other pages' examples already cover the command as users run it.)"""
-    from pudm_bench.splits import main
+    from pudm_bench.cli.splits import main
     from tests.test_latent import write_pu_folder
 
     folder = tmp_path / "my_splits"
@@ -133,7 +133,8 @@ def test_the_documented_pu_folder_validates_and_counts_its_files(tmp_path, capsy
 
 
 def test_the_documented_conditional_split_validates():
-    from pudm_bench.data.splits import build_split, parse_split
+    from pudm_bench.data.build import build_split
+    from pudm_bench.data.splits import parse_split
 
     split = build_split(parse_split(doc_split("digits_small_large")))
     assert split.conditions == ("small", "large") and split.prompts == ("a small digit", "")

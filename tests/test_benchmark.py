@@ -13,13 +13,13 @@ import pytest
 import yaml
 
 from pudm_bench.cli import benchmark
-from pudm_bench.orchestration.plan import plan
-from pudm_bench.orchestration.settings import BenchmarkSettings
-from pudm_bench.suites import BUILTIN_SUITES_DIR, load_suite, parse_suite
-from pudm_bench.tables import markdown_table, runs_frame, summary_table, table_metrics
-from pudm_bench.config import TrainConfig
 from pudm_bench.data.splits import get_split
 from pudm_bench.errors import ConfigError
+from pudm_bench.orchestration.plan import plan
+from pudm_bench.orchestration.settings import BenchmarkSettings
+from pudm_bench.results.tables import markdown_table, runs_frame, summary_table, table_metrics
+from pudm_bench.search.suites import BUILTIN_SUITES_DIR, load_suite, parse_suite
+from pudm_bench.training.config import TrainConfig
 
 FIXTURE_SPLITS = Path(__file__).parent / "fixtures" / "splits"  # digits_three_vs_eight has labeled normal data
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pudm_bench.config import SampleConfig, TrainConfig
-from pudm_bench.data.splits import build_split, get_split, parse_split
+from pudm_bench.data.build import build_split
+from pudm_bench.data.splits import get_split, parse_split
 from pudm_bench.errors import ConfigError
-from pudm_bench.losses import LABELED_SENSITIVE, UNLABELED, conditional_pu_risk, pu_risk, training_risk
-from pudm_bench.sampling import PixelGenerator, condition_plan
+from pudm_bench.training.config import SampleConfig, TrainConfig
+from pudm_bench.training.losses import LABELED_SENSITIVE, UNLABELED, conditional_pu_risk, pu_risk, training_risk
+from pudm_bench.training.sampling import PixelGenerator, condition_plan
 
 
 def conditional_split(**changes) -> dict:
@@ -134,8 +135,8 @@ def trained(tmp_path_factory):
 def test_conditional_unet_trains_saves_and_reloads(trained):
     from diffusers import DDPMPipeline, UNet2DModel
 
-    from pudm_bench.sampling import sample_images
-    from pudm_bench.train import load_generator
+    from pudm_bench.training.denoiser import load_generator
+    from pudm_bench.training.sampling import sample_images
 
     config, run_dir, metrics = trained
     assert metrics["steps"] == 30 and (run_dir / "samples.png").is_file()
@@ -160,8 +161,8 @@ def test_conditional_unet_trains_saves_and_reloads(trained):
 
 
 def test_conditional_evaluation_reports_each_condition(trained, digits_referee):
-    from pudm_bench.evaluate import EvalConfig, evaluate_model
-    from pudm_bench.train import load_generator
+    from pudm_bench.scoring.evaluate import EvalConfig, evaluate_model
+    from pudm_bench.training.denoiser import load_generator
 
     config, run_dir, _ = trained
     split = build_split(get_split("digits_even_cond"))
@@ -179,7 +180,7 @@ def test_conditional_evaluation_reports_each_condition(trained, digits_referee):
 
 
 def test_pretrained_unet_must_match_the_split_conditions(trained, tmp_path):
-    from pudm_bench.models import load_pretrained
+    from pudm_bench.training.models import load_pretrained
 
     _, run_dir, _ = trained
     with pytest.raises(ConfigError, match="conditional on 2 classes but the split has no conditions"):
@@ -189,8 +190,8 @@ def test_pretrained_unet_must_match_the_split_conditions(trained, tmp_path):
 
 
 def test_unconditional_generator_is_unchanged(digits_even_split):
-    from pudm_bench.models import build_model, build_noise_scheduler
-    from pudm_bench.sampling import sample_images
+    from pudm_bench.training.models import build_model, build_noise_scheduler
+    from pudm_bench.training.sampling import sample_images
 
     torch.manual_seed(0)
     model = build_model("tiny", 8, 1)

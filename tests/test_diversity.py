@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from pudm_bench import referee as referee_module
-from pudm_bench.diversity import class_coverage, coverage_plot, precision_recall
-from pudm_bench.evaluate import EvalConfig, score_images
-from pudm_bench.referee import RefereeSpec, get_class_referee
+from pudm_bench.scoring import referee as referee_module
+from pudm_bench.scoring.diversity import class_coverage, coverage_plot, precision_recall
+from pudm_bench.scoring.evaluate import EvalConfig, score_images
+from pudm_bench.scoring.referee import RefereeSpec, get_class_referee
 
 DROPPED = ("four", "six")
 

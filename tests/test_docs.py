@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pudm_bench import evaluate, fid, latent, prior, report, sanity, splits
-from pudm_bench.cli import benchmark, sweep, train
+from pudm_bench.cli import benchmark, evaluate, fid, latent, prior, report, sanity, splits, sweep, train
 
 CLI_DOC = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
 COMMANDS = {

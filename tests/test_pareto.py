@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from pudm_bench.pareto import default_reference, hypervolume_2d, pareto_front, pareto_plot
+from pudm_bench.search.pareto import default_reference, hypervolume_2d, pareto_front, pareto_plot
 
 
 def frame(rows):
@@ -109,7 +109,7 @@ def test_front_over_a_third_objective():
 
 
 def test_constraints_parse_flag_and_exclude():
-    from pudm_bench.pareto import METRIC_DIRECTIONS, Constraint, apply_constraints, parse_constraint
+    from pudm_bench.search.pareto import METRIC_DIRECTIONS, Constraint, apply_constraints, parse_constraint
 
     tv = parse_constraint(" coverage_tv <= 0.15", METRIC_DIRECTIONS)
     assert tv == Constraint("coverage_tv", "<=", 0.15) and str(tv) == "coverage_tv<=0.15"

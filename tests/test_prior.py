@@ -7,14 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from pudm_bench import prior as prior_module
-from pudm_bench.config import SampleConfig, TrainConfig
-from pudm_bench.data.splits import BuiltSplit, SplitCounts, SplitSpec, build_split, get_split
+from pudm_bench.cli import prior as prior_cli
+from pudm_bench.data.build import BuiltSplit, build_split, without_unlabeled
+from pudm_bench.data.splits import SplitCounts, SplitSpec, get_split
 from pudm_bench.errors import ConfigError
-from pudm_bench.losses import LABELED_SENSITIVE, UNLABELED, nnpu_classifier_risk
-from pudm_bench.data.splits import without_unlabeled
-from pudm_bench.prior import ScorerConfig, bbe_from_scores, estimate_prior, filter_unlabeled
-from pudm_bench.train import train
+from pudm_bench.prior import estimate as prior_module
+from pudm_bench.prior.estimate import ScorerConfig, bbe_from_scores, estimate_prior, filter_unlabeled
+from pudm_bench.training.config import SampleConfig, TrainConfig
+from pudm_bench.training.loop import train
+from pudm_bench.training.losses import LABELED_SENSITIVE, UNLABELED, nnpu_classifier_risk
 
 FAST = ScorerConfig(steps=60, batch_size=64, folds=3, bootstrap=30)
 
@@ -224,7 +225,7 @@ def test_filter_run_estimates_filters_trains_and_resumes_without_re_estimating(t
 def test_pu_with_beta_auto_trains_with_the_estimate(tmp_path, monkeypatch, digits_at_ten_percent):
     monkeypatch.setattr(prior_module, "DEFAULT_SCORER", FAST)
     seen = []
-    import pudm_bench.train as train_module
+    import pudm_bench.training.loop as train_module
 
     real = train_module.training_risk
 
@@ -242,7 +243,7 @@ def test_pu_with_beta_auto_trains_with_the_estimate(tmp_path, monkeypatch, digit
 
 def test_filter_trains_the_unsupervised_risk(tmp_path, monkeypatch, digits_at_ten_percent):
     monkeypatch.setattr(prior_module, "DEFAULT_SCORER", FAST)
-    import pudm_bench.train as train_module
+    import pudm_bench.training.loop as train_module
 
     seen = []
     real = train_module.training_risk
@@ -263,13 +264,13 @@ def test_the_loop_gets_its_prior_estimator_from_the_caller(tmp_path, digits_at_t
 
 def test_prior_cli_prints_the_estimate_beside_the_truth(tmp_path, capsys):
     out = tmp_path / "rows.json"
-    assert prior_module.main(["--split", "digits_even", "--unlabeled-sensitive-share", "0.2", "--steps", "60",
+    assert prior_cli.main(["--split", "digits_even", "--unlabeled-sensitive-share", "0.2", "--steps", "60",
                               "--folds", "2", "--json", str(out)]) == 0
     rows = json.loads(out.read_text())
     assert rows[0]["split"] == "digits_even-share0.2" and rows[0]["true_prior"] == pytest.approx(0.2)
     assert 0 < rows[0]["estimate"] <= 1
     assert "true 0.200" in capsys.readouterr().out
-    assert prior_module.main(["--seeds", "0"]) == 2
+    assert prior_cli.main(["--seeds", "0"]) == 2
 
 
 def test_train_cli_takes_beta_auto_the_filter_method_and_the_share_option(capsys):

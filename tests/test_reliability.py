@@ -26,11 +26,12 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from pudm_bench.config import SampleConfig, TrainConfig
-from pudm_bench.data.splits import build_split, get_split
-from pudm_bench.evaluate import EvalConfig, evaluate_model
+from pudm_bench.data.build import build_split
+from pudm_bench.data.splits import get_split
 from pudm_bench.orchestration.cluster import dashboard_port
-from pudm_bench.train import Callback, train
+from pudm_bench.scoring.evaluate import EvalConfig, evaluate_model
+from pudm_bench.training.config import SampleConfig, TrainConfig
+from pudm_bench.training.loop import Callback, train
 
 ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pudm_bench.report import main
+from pudm_bench.cli.report import main
 from pudm_bench.tracking import SweepTracker
 from tests.test_tracking import record_sweep
 

@@ -5,11 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from pudm_bench import sanity
-from pudm_bench.diversity import on_manifold
-from pudm_bench.evaluate import EvalConfig
-from pudm_bench.pareto import DEFAULT_CONSTRAINTS
-from pudm_bench.referee import get_class_referee
+from pudm_bench.cli import sanity as sanity_cli
+from pudm_bench.scoring.diversity import on_manifold
+from pudm_bench.scoring.evaluate import EvalConfig
+from pudm_bench.scoring.referee import get_class_referee
+from pudm_bench.search import sanity
+from pudm_bench.search.pareto import DEFAULT_CONSTRAINTS
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +89,7 @@ def test_every_broken_generator_is_caught_by_the_default_front(scores):
 
 
 def test_the_sanity_cli_prints_the_table(capsys):
-    assert sanity.main(["--split", "digits_even", "--num-images", "120"]) == 0
+    assert sanity_cli.main(["--split", "digits_even", "--num-images", "120"]) == 0
     out = capsys.readouterr().out
     assert ", ".join(DEFAULT_CONSTRAINTS) in out and "| two classes dropped |" in out
     assert "not caught" not in out

@@ -7,8 +7,13 @@ import pytest
 import yaml
 
 from pudm_bench.errors import ConfigError
-from pudm_bench.search_space import (
-    DEFAULT_SEARCH_SPACE, KINDS, TUNABLE, Choice, IntRange, LogUniform, SearchSpace, Uniform, load_search_space,
+from pudm_bench.search.distributions import Choice, IntRange, LogUniform, Uniform
+from pudm_bench.search.space import (
+    DEFAULT_SEARCH_SPACE,
+    KINDS,
+    TUNABLE,
+    SearchSpace,
+    load_search_space,
     parse_search_space,
 )
 
@@ -83,7 +88,7 @@ def test_module_does_not_import_ray_or_optuna():
     seconds a fresh interpreter would take to import torch."""
     import ast
 
-    import pudm_bench.search_space as module
+    import pudm_bench.search.space as module
 
     imported = set()
     for node in ast.walk(ast.parse(Path(module.__file__).read_text())):
@@ -311,8 +316,8 @@ def test_load_errors(change, words):
 
 def test_fixed_values_are_checked_with_train_config(monkeypatch):
     """What only TrainConfig knows still fails at load, with the file named."""
-    from pudm_bench import search_space
-    from pudm_bench.config import TrainConfig
+    from pudm_bench.search import space as search_space
+    from pudm_bench.training.config import TrainConfig
 
     class StricterConfig(TrainConfig):
         def __post_init__(self):

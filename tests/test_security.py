@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from pudm_bench.checkpoint import load_checkpoint, save_checkpoint
 from pudm_bench.cli import sweep
 from pudm_bench.data.splits import load_split_file
 from pudm_bench.errors import ConfigError
 from pudm_bench.orchestration import callbacks, cluster
 from pudm_bench.orchestration import settings as run_settings
-from pudm_bench.search_space import load_search_space
+from pudm_bench.search.space import load_search_space
 from pudm_bench.tracking import check_experiment_name, redact
+from pudm_bench.training.checkpoint import load_checkpoint, save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -124,7 +124,7 @@ def test_a_pickle_in_place_of_a_checkpoint_is_refused_without_running_it(tmp_pat
 
 
 def test_a_pickle_in_place_of_fid_weights_is_refused_without_running_it(tmp_path):
-    from pudm_bench.fid import load_inception
+    from pudm_bench.scoring.fid import load_inception
 
     marker = tmp_path / "pwned"
     weights = tmp_path / "pt_inception.pth"
@@ -135,8 +135,8 @@ def test_a_pickle_in_place_of_fid_weights_is_refused_without_running_it(tmp_path
 
 
 def test_saved_pipelines_and_referees_are_safetensors(tmp_path, digits_even_split, digits_referee, isolated_cache):
-    from pudm_bench.config import SampleConfig, TrainConfig
-    from pudm_bench.train import save_pipeline, train
+    from pudm_bench.training.config import SampleConfig, TrainConfig
+    from pudm_bench.training.loop import save_pipeline, train
 
     config = TrainConfig(method="unsupervised", steps=2, batch_size=16, warmup_steps=0, log_every=1,
                          checkpoint_every=2, sample=SampleConfig(num_images=1, steps=1))
@@ -162,7 +162,7 @@ def test_yaml_tags_that_build_objects_are_refused_in_every_user_file(tmp_path):
     space.write_text(f"method: pu\nparams:\n  beta: {TAG.format(marker=marker)}\n")
     suite = tmp_path / "suite.yaml"
     suite.write_text(f"name: evil\nsplits: [digits_even]\nmethods: {TAG.format(marker=marker)}\n")
-    from pudm_bench.suites import load_suite
+    from pudm_bench.search.suites import load_suite
 
     for load, path in ((load_split_file, split), (load_search_space, space), (load_suite, suite)):
         with pytest.raises(ConfigError, match="asks to build a Python object"):
@@ -231,9 +231,9 @@ def test_the_tracking_callback_pickles_without_the_uri_and_uses_the_drivers_afte
     callback = callbacks.TrackingCallback("http://alice:s3cret@127.0.0.1:5000", "exp", "s", "parent")
     data = pickle.dumps(callback)  # what Tune writes into the sweep's storage folder
     assert b"s3cret" not in data
-    from pudm_bench import tracking
+    from pudm_bench.tracking import uris
 
-    monkeypatch.setattr(tracking, "ACTIVE_URI", "http://alice:s3cret@127.0.0.1:5000")
+    monkeypatch.setattr(uris, "ACTIVE_URI", "http://alice:s3cret@127.0.0.1:5000")
     assert pickle.loads(data).tracking_uri() == "http://alice:s3cret@127.0.0.1:5000"
     # The resumed sweep in tests/test_reliability.py checks the real case: a driver run as __main__, whose
     # classes Ray pickles by value (a class attribute on the copy would be unset; the module attribute is not).

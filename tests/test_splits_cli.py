@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pudm_bench.data.splits import BUILTIN_SPLITS_DIR, DATA_DIR_ENV, SPLITS_PATH_ENV, build_split, load_split_file
-from pudm_bench.splits import main
+from pudm_bench.cli.splits import main
+from pudm_bench.data.build import build_split
+from pudm_bench.data.splits import BUILTIN_SPLITS_DIR, DATA_DIR_ENV, SPLITS_PATH_ENV, load_split_file
 from tests.dataset_files import write_mnist
 
 SHIPPED = (
@@ -133,7 +134,7 @@ def test_validate_all_shipped_splits_without_data(capsys, no_data_anywhere):
 
 def test_validate_downloads_only_when_asked(capsys, monkeypatch):
     """--download reaches the dataset adapter (torchvision's download=True); without it nothing is fetched."""
-    from pudm_bench import splits as cli
+    from pudm_bench.cli import splits as cli
 
     seen = []
     real = cli.build_split

@@ -13,7 +13,6 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from pudm_bench.budgets import budget_for
 from pudm_bench.cli.sweep import build_parser, main, settings_from_args
 from pudm_bench.data.splits import get_split
 from pudm_bench.orchestration import searchers, trial, worker
@@ -21,7 +20,8 @@ from pudm_bench.orchestration import sweep as sweep_driver
 from pudm_bench.orchestration.searchers import make_searcher
 from pudm_bench.orchestration.settings import check_resume
 from pudm_bench.orchestration.trial import trial_train_config
-from pudm_bench.search_space import BASELINE_METHODS, load_search_space
+from pudm_bench.search.budgets import budget_for
+from pudm_bench.search.space import BASELINE_METHODS, load_search_space
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -428,7 +428,7 @@ def test_train_workers_do_not_log_every_report():
 
 
 def test_sweep_prior_is_estimated_once_and_kept_for_resume(tmp_path, monkeypatch):
-    from pudm_bench import prior as prior_module
+    from pudm_bench.prior import estimate as prior_module
 
     s = settings(tmp_path, "--budget", "smoke", "--search-space", str(ROOT / "search_spaces" / "beta_auto.yaml"))
     split = get_split(s.split)

@@ -14,9 +14,14 @@ import pytest
 from mlflow import MlflowClient
 
 from pudm_bench.errors import ConfigError
-from pudm_bench.pareto import default_reference, hypervolume_2d, summarize
+from pudm_bench.search.pareto import default_reference, hypervolume_2d, summarize
 from pudm_bench.tracking import (
-    SweepTracker, check_tracking_reachable, list_sweeps, load_sweep, redact, resolve_tracking_uri,
+    SweepTracker,
+    check_tracking_reachable,
+    list_sweeps,
+    load_sweep,
+    redact,
+    resolve_tracking_uri,
 )
 
 TRIALS = [  # trial_id, role, method, beta, lr, status, rate, quality, error
@@ -316,7 +321,7 @@ def test_a_benchmark_parent_keeps_its_kind_when_resumed_and_is_not_listed_as_a_s
 
 
 def test_trial_coverage_table_plot_and_missing_classes_tag(tmp_path):
-    from pudm_bench.diversity import class_coverage
+    from pudm_bench.scoring.diversity import class_coverage
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = SweepTracker(uri, "exp")
@@ -352,7 +357,7 @@ def test_load_sweep_applies_the_sweeps_objectives_and_constraints(tmp_path):
     assert trials.violations["t0"] == "coverage_tv<=0.2"
     # t0 would dominate (rate, quality) but breaks the constraint; t2 is dominated by t1 on every objective.
     assert trials.on_front.tolist() == [False, True, False]
-    from pudm_bench.report import report_sweep
+    from pudm_bench.tracking.report import report_sweep
 
     text = report_sweep(uri, parent)
     assert "recall up" in text and "constraints coverage_tv<=0.2" in text

@@ -8,15 +8,17 @@ from diffusers import DDPMPipeline
 from PIL import Image
 from safetensors.torch import load_file
 
-from pudm_bench import train as train_module
-from pudm_bench.checkpoint import latest_checkpoint, list_checkpoints
-from pudm_bench.config import SampleConfig, TrainConfig
-from pudm_bench.data.splits import build_split, get_split
-from pudm_bench.errors import ConfigError, NonFiniteLossError
-from pudm_bench.losses import LABELED_SENSITIVE, UNLABELED
-from pudm_bench.sampling import sample_images
 from pudm_bench.cli.train import main
-from pudm_bench.train import TrainingSet, batch_indices, train
+from pudm_bench.data.build import build_split
+from pudm_bench.data.splits import get_split
+from pudm_bench.errors import ConfigError, NonFiniteLossError
+from pudm_bench.training import loop as train_module
+from pudm_bench.training.batches import TrainingSet, batch_indices
+from pudm_bench.training.checkpoint import latest_checkpoint, list_checkpoints
+from pudm_bench.training.config import SampleConfig, TrainConfig
+from pudm_bench.training.loop import train
+from pudm_bench.training.losses import LABELED_SENSITIVE, UNLABELED
+from pudm_bench.training.sampling import sample_images
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +192,7 @@ def test_cli_rejects_bad_input_with_one_line(tmp_path, capsys, args, message):
 
 def test_fine_tuning_starts_from_a_pretrained_pipeline(tmp_path, digits_split):
     """--pretrained loads a diffusers pipeline directory (unet/ + scheduler/) or a bare UNet directory."""
-    from pudm_bench.train import save_pipeline
+    from pudm_bench.training.loop import save_pipeline
 
     base = train(tiny_config(steps=3), digits_split, tmp_path / "base")
     save_pipeline(base, tmp_path / "base")
@@ -211,7 +213,7 @@ def test_every_method_fine_tunes_a_saved_diffusers_pipeline(tmp_path, digits_spl
     block widths 8/16, so it cannot be mistaken for a preset) is loaded, trained and saved again."""
     from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
-    from pudm_bench.train import save_pipeline
+    from pudm_bench.training.loop import save_pipeline
 
     torch.manual_seed(0)
     unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(8, 16),
@@ -236,7 +238,7 @@ def test_pretrained_errors_are_clear(tmp_path, digits_split):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="could not load pretrained model"):
         train(tiny_config(pretrained=str(tmp_path / "empty")), digits_split, tmp_path / "a")
-    from pudm_bench.models import build_model
+    from pudm_bench.training.models import build_model
 
     build_model("digits", 16, 1).save_pretrained(tmp_path / "wrong_size")
     with pytest.raises(ConfigError, match="takes 1x16px images but the split gives 1x8px"):

@@ -8,13 +8,15 @@ import pytest
 import torch
 from diffusers import UNet2DModel
 
-from pudm_bench import train as train_module
 from pudm_bench.cli import train as train_cli
-from pudm_bench.suites import parse_suite
-from pudm_bench.config import SampleConfig, TrainConfig
-from pudm_bench.data.splits import build_split, get_split
+from pudm_bench.data.build import build_split
+from pudm_bench.data.splits import get_split
 from pudm_bench.errors import ConfigError
-from pudm_bench.train import MODEL_INFO, TrainingSet, build_denoiser, resolve_init_from
+from pudm_bench.search.suites import parse_suite
+from pudm_bench.training import loop as train_module
+from pudm_bench.training.batches import TrainingSet
+from pudm_bench.training.config import SampleConfig, TrainConfig
+from pudm_bench.training.denoiser import MODEL_INFO, build_denoiser, resolve_init_from
 
 
 def tiny(**changes) -> TrainConfig:
@@ -103,7 +105,7 @@ def test_another_geometry_is_refused_for_any_pipeline(tmp_path, digits_even_spli
     """A foreign pipeline (no pudm_model.json) of another image size is refused before its weights are read."""
     from diffusers import DDPMPipeline
 
-    from pudm_bench.models import build_model, build_noise_scheduler
+    from pudm_bench.training.models import build_model, build_noise_scheduler
 
     DDPMPipeline(unet=build_model("tiny", 16, 1), scheduler=build_noise_scheduler()).save_pretrained(str(tmp_path))
     with pytest.raises(ConfigError, match=r"takes 1x16px images but split 'digits_even' gives 1x8px"):
@@ -164,7 +166,7 @@ def test_plan_chains_each_warm_cell_to_its_source(tmp_path):
                         "pnu-warm": {"method": "pu", "beta": 0.1, "init": "pnu"}}}
     settings = settings_for(write_suite(tmp_path, data), tmp_path)
     from pudm_bench.orchestration.plan import plan
-    from pudm_bench.suites import load_suite
+    from pudm_bench.search.suites import load_suite
 
     the_plan = plan(settings, load_suite(settings.suite_file))
     warm = the_plan.cells["digits_even/pu-warm/seed1"]
@@ -213,6 +215,21 @@ def test_cell_searcher_waits_for_sources_and_passes_their_final_model(tmp_path):
     finish(tmp_path, restored, "t1", ok=False)  # the source failed: the warm cell gets no model
     assert restored.suggest("t4") == {"cell": "a/warm/seed0", "init_from": None}
     assert restored.suggest("t5") == Searcher.FINISHED
+
+
+def test_a_ready_warm_start_goes_before_the_cells_waiting_to_start_from_scratch(tmp_path):
+    """The cheap warm starts run as soon as their source is done, so a benchmark stopped part-way has every method
+    of the seeds it reached; the from-scratch cells keep their order."""
+    from pudm_bench.orchestration.searchers import CellSearcher
+
+    cells = {"a/u/seed0": {}, "a/v/seed0": {}, "a/pu/seed0": {}, "a/w/seed0": {}, "a/warm/seed0": {"init": "a/u/seed0"},
+             "a/warm2/seed0": {"init": "a/u/seed0"}}
+    searcher = CellSearcher(cells, tmp_path)
+    assert [searcher.suggest(t)["cell"] for t in ("t1", "t2")] == ["a/u/seed0", "a/v/seed0"]
+    finish(tmp_path, searcher, "t1")
+    assert searcher.suggest("t3")["cell"] == "a/warm/seed0"
+    assert searcher.suggest("t4")["cell"] == "a/warm2/seed0"
+    assert searcher.suggest("t5")["cell"] == "a/pu/seed0"
 
 
 def test_a_warm_cell_whose_source_failed_reports_a_failure(monkeypatch):

@@ -21,9 +21,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import interleaved, print_table, write_json  # noqa: E402
 from train_step import Clock  # noqa: E402
 
-from pudm_bench.config import SampleConfig, TrainConfig  # noqa: E402
-from pudm_bench.data.splits import build_split, get_split  # noqa: E402
-from pudm_bench.train import train  # noqa: E402
+from pudm_bench.data.build import build_split
+from pudm_bench.data.splits import get_split
+from pudm_bench.training.config import SampleConfig, TrainConfig  # noqa: E402
+from pudm_bench.training.loop import train  # noqa: E402
 
 
 def step_seconds(split_name: str, steps: int, warmup: int, **changes) -> float:
@@ -43,7 +44,7 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=3, help="interleaved repeats; the median is reported")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     args = p.parse_args()
-    from pudm_bench.latent import tiny_pipeline
+    from pudm_bench.training.latent import tiny_pipeline
 
     warmup = max(5, args.steps // 5)
     with tempfile.TemporaryDirectory() as folder:

@@ -28,8 +28,8 @@ def worker_loop(config: dict) -> None:
     import torch
     import torch.distributed as dist
 
-    from pudm_bench.losses import denoising_error
-    from pudm_bench.models import build_model
+    from pudm_bench.training.losses import denoising_error
+    from pudm_bench.training.models import build_model
 
     context = ray.train.get_context()
     world = context.get_world_size()

@@ -19,16 +19,16 @@ import tempfile
 import time
 from pathlib import Path
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import print_table, write_json  # noqa: E402
 
-from pudm_bench.config import SampleConfig, TrainConfig  # noqa: E402
-from pudm_bench.data.splits import build_split, get_split  # noqa: E402
-from pudm_bench.evaluate import EvalConfig, score_images  # noqa: E402
-from pudm_bench.referee import get_referee  # noqa: E402
-from pudm_bench.sampling import sample_images  # noqa: E402
-from pudm_bench.train import train  # noqa: E402
+from pudm_bench.data.build import build_split
+from pudm_bench.data.splits import get_split
+from pudm_bench.scoring.evaluate import EvalConfig, score_images  # noqa: E402
+from pudm_bench.scoring.referee import get_referee  # noqa: E402
+from pudm_bench.training.config import SampleConfig, TrainConfig  # noqa: E402
+from pudm_bench.training.loop import train  # noqa: E402
+from pudm_bench.training.sampling import sample_images  # noqa: E402
 
 SAMPLERS = (("ddim", 25), ("ddim", 50), ("ddim", 100), ("ddpm", 1000))
 
@@ -50,7 +50,7 @@ def trained_model(split, pipeline: str | None):
 def fid_inception():
     import pytorch_fid.inception
 
-    from pudm_bench.fid import _patched, untrained_fid_inception
+    from pudm_bench.scoring.fid import _patched, untrained_fid_inception
 
     network = untrained_fid_inception()  # built first: the patch below must not see itself
     with _patched(pytorch_fid.inception, fid_inception_v3=lambda: network):
@@ -92,7 +92,7 @@ def main() -> int:
     features.append({"extractor": "referee (small CNN, 8 px)", "images": len(images),
                      "images_per_s": len(images) / seconds})
     inception = fid_inception()
-    from pudm_bench.fid import inception_features
+    from pudm_bench.scoring.fid import inception_features
 
     few = split.normal_test[:args.fid_images]
     inception_features(inception, few[:2], batch_size=2)  # warm-up

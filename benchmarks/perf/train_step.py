@@ -25,11 +25,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import interleaved, print_table, write_json  # noqa: E402
 
-from pudm_bench.config import SampleConfig, TrainConfig  # noqa: E402
-from pudm_bench.data.splits import BuiltSplit, build_split, get_split  # noqa: E402
-from pudm_bench.models import build_model  # noqa: E402
-from pudm_bench.sampling import to_model_range  # noqa: E402
-from pudm_bench.train import Callback, TrainingSet, batch_indices, train  # noqa: E402
+from pudm_bench.data.build import BuiltSplit, build_split
+from pudm_bench.data.splits import get_split
+from pudm_bench.training.batches import TrainingSet, batch_indices
+from pudm_bench.training.config import SampleConfig, TrainConfig  # noqa: E402
+from pudm_bench.training.loop import Callback, train
+from pudm_bench.training.models import build_model  # noqa: E402
+from pudm_bench.training.sampling import to_model_range  # noqa: E402
 
 
 def synthetic_split(size: int = 32, channels: int = 3, unlabeled: int = 2200, labeled: int = 200) -> BuiltSplit:

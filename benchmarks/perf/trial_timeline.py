@@ -48,11 +48,11 @@ def main() -> int:
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from pudm_bench.orchestration import cluster, settings, worker
-    from pudm_bench.config import TrainConfig
     from pudm_bench.data.splits import get_split
-    from pudm_bench.evaluate import EvalConfig
-    from pudm_bench.referee import get_referee
+    from pudm_bench.orchestration import cluster, settings, worker
+    from pudm_bench.scoring.evaluate import EvalConfig
+    from pudm_bench.scoring.referee import get_referee
+    from pudm_bench.training.config import TrainConfig
 
     tmp = Path(tempfile.mkdtemp(prefix="pudm-timeline-"))
     stamps = str(tmp / "stamps.jsonl")

@@ -22,13 +22,15 @@ from pathlib import Path
 
 import torch
 
-from pudm_bench.config import TrainConfig
-from pudm_bench.data.splits import build_split, get_split
-from pudm_bench.evaluate import EvalConfig, score_images
-from pudm_bench.referee import get_class_referee, get_referee
-from pudm_bench.sampling import save_grid
-from pudm_bench.prior import prior_step
-from pudm_bench.train import load_generator, save_pipeline, train
+from pudm_bench.data.build import build_split
+from pudm_bench.data.splits import get_split
+from pudm_bench.prior.estimate import prior_step
+from pudm_bench.scoring.evaluate import EvalConfig, score_images
+from pudm_bench.scoring.referee import get_class_referee, get_referee
+from pudm_bench.training.config import TrainConfig
+from pudm_bench.training.denoiser import load_generator
+from pudm_bench.training.loop import save_pipeline, train
+from pudm_bench.training.sampling import save_grid
 
 SHOWN = ("non_sensitive_rate", "realistic_non_sensitive_rate", "realistic_share", "fd_per_class", "fd_classifier",
          "precision", "recall", "coverage_tv", "coverage_missing", "coverage_missing_classes")

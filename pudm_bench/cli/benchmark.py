@@ -16,14 +16,14 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
-from pudm_bench.budgets import BUDGETS
 from pudm_bench.cli.common import add_execution_arguments, run_command
 from pudm_bench.errors import ArgumentParser, ConfigError
 from pudm_bench.orchestration.plan import plan
 from pudm_bench.orchestration.settings import BenchmarkSettings, pretrained_source, resolve_execution
-from pudm_bench.pareto import RATE
-from pudm_bench.suites import Plan, Suite, load_suite, suite_files
-from pudm_bench.tables import markdown_table, read_runs, summary_table
+from pudm_bench.results.tables import markdown_table, read_runs, summary_table
+from pudm_bench.search.budgets import BUDGETS
+from pudm_bench.search.pareto import RATE
+from pudm_bench.search.suites import Plan, Suite, load_suite, suite_files
 
 
 def build_parser() -> argparse.ArgumentParser:

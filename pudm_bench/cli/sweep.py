@@ -11,14 +11,13 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from pudm_bench.budgets import BUDGETS, budget_for, default_constraints
 from pudm_bench.cli.common import add_execution_arguments, run_command
 from pudm_bench.data.splits import QUALITY_METRICS, get_split, load_registry
 from pudm_bench.errors import ArgumentParser, ConfigError, unknown_name
-from pudm_bench.pareto import DEFAULT_CONSTRAINTS, METRIC_DIRECTIONS, RATE, parse_constraint
-from pudm_bench.orchestration.settings import (SweepSettings, at_least, pretrained_source,
-                                               resolve_execution)
-from pudm_bench.search_space import BASELINE_METHODS, DEFAULT_SEARCH_SPACE, load_search_space
+from pudm_bench.orchestration.settings import SweepSettings, at_least, pretrained_source, resolve_execution
+from pudm_bench.search.budgets import BUDGETS, budget_for, default_constraints
+from pudm_bench.search.pareto import DEFAULT_CONSTRAINTS, METRIC_DIRECTIONS, RATE, parse_constraint
+from pudm_bench.search.space import BASELINE_METHODS, DEFAULT_SEARCH_SPACE, load_search_space
 
 OPTUNA_SAMPLERS = ("tpe", "nsga2", "gp")  # orchestration.searchers.make_searcher; not config.SAMPLERS (ddim, ddpm)
 DEFAULT_SPLIT_FOR_DATASET = {

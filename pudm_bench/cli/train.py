@@ -15,14 +15,16 @@ from typing import Any, Sequence
 import torch
 
 from pudm_bench import __version__
-from pudm_bench.checkpoint import latest_checkpoint, verify_checkpoint
 from pudm_bench.cli.common import run_command
-from pudm_bench.config import AUTO, TRAIN_METHODS, SampleConfig, TrainConfig
-from pudm_bench.data.splits import build_split, get_split
+from pudm_bench.data.build import build_split
+from pudm_bench.data.splits import get_split
 from pudm_bench.errors import ArgumentParser
-from pudm_bench.prior import prior_step
-from pudm_bench.sampling import save_grid
-from pudm_bench.train import Callback, resolve_init_from, save_pipeline, train
+from pudm_bench.prior.estimate import prior_step
+from pudm_bench.training.checkpoint import latest_checkpoint, verify_checkpoint
+from pudm_bench.training.config import AUTO, TRAIN_METHODS, SampleConfig, TrainConfig
+from pudm_bench.training.denoiser import resolve_init_from
+from pudm_bench.training.loop import Callback, save_pipeline, train
+from pudm_bench.training.sampling import save_grid
 
 
 def environment_info() -> dict[str, str]:

@@ -1,5 +1,7 @@
 """Datasets: the adapter interface and registry (``base``) and the built-in adapters (``datasets``)."""
 
+import pudm_bench.data.datasets  # noqa: F401  (registers the built-in adapters on import)
+import pudm_bench.data.pufolder  # noqa: F401  (registers pufolder)
 from pudm_bench.data.base import (
     DatasetAdapter,
     DatasetParts,
@@ -11,8 +13,6 @@ from pudm_bench.data.base import (
     load_plugins,
     register_dataset,
 )
-import pudm_bench.data.datasets  # noqa: F401  (registers the built-in adapters on import)
-import pudm_bench.data.pufolder  # noqa: F401  (registers pufolder)
 
 __all__ = [
     "DatasetAdapter",

@@ -25,8 +25,15 @@ from pathlib import Path
 from typing import Mapping
 
 from pudm_bench.data.base import DatasetAdapter, DatasetParts, register_dataset
-from pudm_bench.data.datasets import (FileSource, _image_files, _imagefolder_root, _labels, _load_imagefolder,
-                                      folder_options, image_reader)
+from pudm_bench.data.datasets import (
+    FileSource,
+    _image_files,
+    _imagefolder_root,
+    _labels,
+    _load_imagefolder,
+    folder_options,
+    image_reader,
+)
 from pudm_bench.errors import ConfigError, DataNotFoundError
 
 UNLABELED_DIR = "0_unlabeled"

@@ -7,15 +7,15 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from pudm_bench.evaluate import EvalConfig
 from pudm_bench.orchestration.cluster import start_ray
 from pudm_bench.orchestration.plan import plan
 from pudm_bench.orchestration.preflight import preflight, prepare_scoring
 from pudm_bench.orchestration.runner import run_cells, start_parent_run
 from pudm_bench.orchestration.settings import BenchmarkSettings
-from pudm_bench.pareto import RATE
-from pudm_bench.suites import load_suite
-from pudm_bench.tables import markdown_table, runs_frame, summary_table, table_metrics, write_sample_grids
+from pudm_bench.results.tables import markdown_table, runs_frame, summary_table, table_metrics, write_sample_grids
+from pudm_bench.scoring.evaluate import EvalConfig
+from pudm_bench.search.pareto import RATE
+from pudm_bench.search.suites import load_suite
 from pudm_bench.tracking import redact
 
 

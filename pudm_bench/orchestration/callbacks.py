@@ -9,7 +9,8 @@ from typing import Any
 from ray import tune
 
 from pudm_bench import tracking
-from pudm_bench.search_space import BASELINE_METHODS
+from pudm_bench.search.space import BASELINE_METHODS
+from pudm_bench.tracking import uris
 
 
 class TrackingCallback(tune.Callback):
@@ -17,7 +18,7 @@ class TrackingCallback(tune.Callback):
 
     Tune pickles callbacks with its experiment state: the tracker (an MLflow client) is created lazily, and the
     tracking URI, which may hold a password, is left out of the pickle: a restored callback uses the URI the
-    resuming driver was given (``tracking.ACTIVE_URI``, set before ``fit``).
+    resuming driver was given (``tracking.uris.ACTIVE_URI``, set before ``fit``).
     """
 
     def __init__(self, mlflow_uri: str, experiment: str, sweep_name: str, parent_run_id: str,
@@ -37,9 +38,9 @@ class TrackingCallback(tune.Callback):
         return self._tracker
 
     def tracking_uri(self) -> str:
-        uri = self.uri or tracking.ACTIVE_URI
+        uri = self.uri or uris.ACTIVE_URI
         if uri is None:
-            raise RuntimeError("TrackingCallback restored from a pickle while tracking.ACTIVE_URI is unset")
+            raise RuntimeError("TrackingCallback restored from a pickle while tracking.uris.ACTIVE_URI is unset")
         return uri
 
     def __getstate__(self) -> dict[str, Any]:
@@ -87,7 +88,7 @@ class TrackingCallback(tune.Callback):
 
 
 def set_active_tracking_uri(uri: str) -> None:
-    tracking.ACTIVE_URI = uri
+    uris.ACTIVE_URI = uri
 
 
 def trial_params(config: dict[str, Any]) -> dict[str, Any]:

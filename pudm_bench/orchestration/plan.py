@@ -6,12 +6,12 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from pudm_bench.budgets import budget_for, budget_train_values, make_eval_config
-from pudm_bench.config import TrainConfig
 from pudm_bench.data.splits import SplitSpec, get_split
 from pudm_bench.errors import ConfigError
 from pudm_bench.orchestration.settings import BenchmarkSettings
-from pudm_bench.suites import Plan, Suite
+from pudm_bench.search.budgets import budget_for, budget_train_values, make_eval_config
+from pudm_bench.search.suites import Plan, Suite
+from pudm_bench.training.config import TrainConfig
 
 
 def pretrained_for(settings: BenchmarkSettings, suite: Suite, split: SplitSpec) -> str | None:

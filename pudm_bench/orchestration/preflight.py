@@ -7,11 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from pudm_bench import tracking
-from pudm_bench.data.splits import SplitSpec, build_split
+from pudm_bench.data.build import build_split
+from pudm_bench.data.splits import SplitSpec
 from pudm_bench.errors import ConfigError
-from pudm_bench.evaluate import EvalConfig
 from pudm_bench.orchestration.settings import ExecutionSettings, check_resume
-from pudm_bench.referee import check_referee, get_class_referee, get_referee
+from pudm_bench.scoring.evaluate import EvalConfig
+from pudm_bench.scoring.referee import check_referee, get_class_referee, get_referee
 
 
 def say(message: str) -> None:
@@ -41,7 +42,7 @@ def prepare_scoring(split: SplitSpec, evaluation: EvalConfig, data_dir: str | No
         f"{built.fingerprint}")
     inception = evaluation.fid == "on" or evaluation.quality_metric == "fid"
     if inception:  # missing weights: refused before a referee is trained (and cached)
-        from pudm_bench.fid import resolve_fid_weights, statistics_cached
+        from pudm_bench.scoring.fid import resolve_fid_weights, statistics_cached
 
         weights, provenance = resolve_fid_weights(evaluation.fid_weights)
     referee = get_referee(split, data_dir=data_dir, download=download, cache_dir=evaluation.cache_dir,

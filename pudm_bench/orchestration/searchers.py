@@ -13,13 +13,12 @@ from typing import Any, Sequence
 from ray import tune
 from ray.tune.search import Searcher
 
-from pudm_bench import search_space as ss
-from pudm_bench.budgets import Budget
 from pudm_bench.errors import ConfigError
 from pudm_bench.orchestration.settings import SweepSettings
-from pudm_bench.search_space import BASELINE_METHODS
-from pudm_bench.pareto import Constraint
-from pudm_bench.search_space import SearchSpace
+from pudm_bench.search import space as ss
+from pudm_bench.search.budgets import Budget
+from pudm_bench.search.pareto import Constraint
+from pudm_bench.search.space import BASELINE_METHODS, SearchSpace
 
 
 class BaselinesFirst(Searcher):
@@ -85,7 +84,11 @@ class CellSearcher(Searcher):
     """The fixed trials of ``run_cells``, in order, each once its source has finished: a cell with ``"init"`` (a
     warm start: fine-tune from another cell's final model) is suggested only when that cell's trial completed, with
     ``init_from`` = that trial's final checkpoint; until then Tune is told to wait (``None``), so no trial slot sits
-    idle waiting, and the other cells run meanwhile."""
+    idle waiting, and the other cells run meanwhile.
+
+    A warm start whose source has finished goes before the cells still waiting to start from scratch: it costs a
+    fraction of one, and a benchmark stopped part-way (``--resume`` later) has then measured every method of the
+    seeds it reached, not the from-scratch half of them."""
 
     def __init__(self, cells: dict[str, dict[str, Any]], storage_dir: Path) -> None:
         super().__init__()
@@ -99,13 +102,14 @@ class CellSearcher(Searcher):
         return True
 
     def suggest(self, trial_id: str):
-        for cell_id in self.pending:
-            source = self.cells[cell_id].get("init")
-            if source is None or source in self.finished:
-                self.pending.remove(cell_id)
-                self.cell_of[trial_id] = cell_id
-                return {"cell": cell_id, "init_from": self.finished.get(source) if source else None}
-        return Searcher.FINISHED if not self.pending else None
+        ready = [c for c in self.pending if self.cells[c].get("init") in (None, *self.finished)]
+        if not ready:
+            return Searcher.FINISHED if not self.pending else None
+        cell_id = next((c for c in ready if self.cells[c].get("init")), ready[0])
+        source = self.cells[cell_id].get("init")
+        self.pending.remove(cell_id)
+        self.cell_of[trial_id] = cell_id
+        return {"cell": cell_id, "init_from": self.finished.get(source) if source else None}
 
     def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
         cell_id = self.cell_of.get(trial_id)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from pudm_bench.errors import ConfigError
-from pudm_bench.pareto import METRIC_DIRECTIONS, RATE, Constraint, parse_constraint
+from pudm_bench.search.pareto import METRIC_DIRECTIONS, RATE, Constraint, parse_constraint
 
 # The Tune trial function only waits on its TorchTrainer (0 CPUs is refused by Tune).
 TRIAL_DRIVER_CPU = 0.01

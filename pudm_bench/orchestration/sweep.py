@@ -25,8 +25,8 @@ from typing import Any
 import pandas as pd
 from ray import tune
 
-from pudm_bench.budgets import Budget, budget_for
-from pudm_bench.data.splits import SplitSpec, build_split, get_split
+from pudm_bench.data.build import build_split
+from pudm_bench.data.splits import SplitSpec, get_split
 from pudm_bench.errors import ConfigError
 from pudm_bench.orchestration.callbacks import TrackingCallback, trial_params
 from pudm_bench.orchestration.cluster import start_ray
@@ -35,8 +35,9 @@ from pudm_bench.orchestration.runner import fit_tuner, start_parent_run
 from pudm_bench.orchestration.searchers import make_searcher, tune_param_space
 from pudm_bench.orchestration.settings import TRIAL_DRIVER_CPU, SweepSettings
 from pudm_bench.orchestration.trial import eval_config, run_trial, trial_train_config
-from pudm_bench.pareto import DIVERSITY_METRICS, QUALITY, RATE, SCORE_METRICS, FrontSummary, summarize
-from pudm_bench.search_space import BASELINE_METHODS, SearchSpace, load_search_space
+from pudm_bench.search.budgets import Budget, budget_for
+from pudm_bench.search.pareto import DIVERSITY_METRICS, QUALITY, RATE, SCORE_METRICS, FrontSummary, summarize
+from pudm_bench.search.space import BASELINE_METHODS, SearchSpace, load_search_space
 from pudm_bench.tracking import redact
 
 
@@ -59,7 +60,7 @@ def check_sweep(settings: SweepSettings) -> tuple[SplitSpec, SearchSpace, Budget
                           f"({split.normal_classes[0]}), so there is no normal-class coverage to measure; use precision "
                           "or recall instead")
     if settings.model == "sd":
-        from pudm_bench import latent
+        from pudm_bench.training import latent
 
         latent.check_pipeline(settings.pretrained, split.image_size)  # configs only: no weights loaded here
     return split, space, budget
@@ -70,7 +71,7 @@ def sweep_prior(settings: SweepSettings, split: SplitSpec, budget: Budget) -> di
     sweep: kept in ``<sweep>/prior.json`` so a resumed sweep searches the same range."""
     import torch
 
-    from pudm_bench import prior as prior_module
+    from pudm_bench.prior import estimate as prior_module
 
     path = settings.run_dir / "prior.json"
     key = {"split": split.name, "seed": settings.seed}
@@ -136,7 +137,7 @@ def run_sweep(settings: SweepSettings, resume: bool, ray_address: str | None, nu
     evaluation = eval_config(settings, budget)
     # Data, referees (refused below the floor), FID statistics: once, here, before Ray starts.
     fingerprint = prepare_scoring(split, evaluation, settings.data_dir, settings.download)
-    from pudm_bench.referee import get_referee
+    from pudm_bench.scoring.referee import get_referee
 
     referee = get_referee(split, data_dir=settings.data_dir, cache_dir=evaluation.cache_dir,
                           epochs=evaluation.referee_epochs)  # trained and checked by prepare_scoring: from the cache

@@ -13,13 +13,13 @@ from typing import Any
 import ray.train
 from ray import tune
 
-from pudm_bench.budgets import Budget, budget_for, budget_train_values, make_eval_config
-from pudm_bench.config import TrainConfig
 from pudm_bench.data.splits import SplitSpec, get_split
-from pudm_bench.evaluate import EvalConfig
 from pudm_bench.orchestration.settings import SweepSettings
 from pudm_bench.orchestration.worker import failed_result, train_worker
-from pudm_bench.search_space import BASELINE_METHODS, SearchSpace, load_search_space
+from pudm_bench.scoring.evaluate import EvalConfig
+from pudm_bench.search.budgets import Budget, budget_for, budget_train_values, make_eval_config
+from pudm_bench.search.space import BASELINE_METHODS, SearchSpace, load_search_space
+from pudm_bench.training.config import TrainConfig
 
 
 def trial_train_config(settings: SweepSettings, split: SplitSpec, space: SearchSpace, budget: Budget,

@@ -17,11 +17,12 @@ import ray
 import ray.train
 import ray.train.torch
 
-from pudm_bench.config import TrainConfig
-from pudm_bench.data.splits import build_split, get_split
+from pudm_bench.data.build import build_split
+from pudm_bench.data.splits import get_split
 from pudm_bench.errors import PudmError
-from pudm_bench.evaluate import EvalConfig
-from pudm_bench.pareto import QUALITY, RATE
+from pudm_bench.scoring.evaluate import EvalConfig
+from pudm_bench.search.pareto import QUALITY, RATE
+from pudm_bench.training.config import TrainConfig
 
 
 def failed_result(reason: str) -> dict[str, Any]:
@@ -44,9 +45,9 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     """One Ray Train worker: restore the latest checkpoint, train, evaluate on rank 0, report (every rank)."""
     import torch
 
-    from pudm_bench.evaluate import evaluate_model
-    from pudm_bench.prior import prior_step
-    from pudm_bench.train import Callback, save_pipeline, train
+    from pudm_bench.prior.estimate import prior_step
+    from pudm_bench.scoring.evaluate import evaluate_model
+    from pudm_bench.training.loop import Callback, save_pipeline, train
 
     _quiet_train_reports()
     context = ray.train.get_context()

@@ -17,14 +17,12 @@ import pytest
 import torch
 import yaml
 
+from pudm_bench.data.build import BuiltSplit, build_split, convert_images
 from pudm_bench.data.splits import (
     BUILTIN_SPLITS_DIR,
     DATA_DIR_ENV,
     SPLITS_PATH_ENV,
-    BuiltSplit,
     SplitSpec,
-    build_split,
-    convert_images,
     get_split,
     load_registry,
     load_split_file,

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from pudm_bench.errors import ConfigError, check_keys
-from pudm_bench.losses import CORRECTIONS, METHODS, METHODS_WITH_PRIOR, check_prior
+from pudm_bench.training.losses import CORRECTIONS, METHODS, METHODS_WITH_PRIOR, check_prior
 
 # The diffusion methods of losses.py plus the filtering baseline: an nnPU classifier drops the sensitive-looking
 # images from U, then the unsupervised loss trains on the rest (prior.py; docs/concepts.md).

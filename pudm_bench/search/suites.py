@@ -26,12 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from pudm_bench.budgets import BUDGETS
-from pudm_bench.config import TrainConfig
 from pudm_bench.data.splits import SplitSpec
 from pudm_bench.errors import ConfigError, check_keys, read_yaml, unknown_name
+from pudm_bench.search.budgets import BUDGETS
+from pudm_bench.training.config import TrainConfig
 
-BUILTIN_SUITES_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "suites"
+BUILTIN_SUITES_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "suites"
 SUITE_KEYS = ("name", "description", "splits", "seeds", "budget", "methods", "train", "pretrained",
               "unlabeled_sensitive_shares")
 METHOD_KEYS = ("method", "correction", "beta", "eta", "paper_weighting", "init")

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from pudm_bench.data.splits import SplitSpec
 from pudm_bench.errors import unknown_name
-from pudm_bench.evaluate import EvalConfig
-from pudm_bench.pareto import DEFAULT_CONSTRAINTS, METRIC_DIRECTIONS, parse_constraint
+from pudm_bench.scoring.evaluate import EvalConfig
+from pudm_bench.search.pareto import DEFAULT_CONSTRAINTS, METRIC_DIRECTIONS, parse_constraint
 
 BUDGETS = ("smoke", "cpu", "paper")
 PAPER_BATCH = {"mnist": 128, "cifar10": 128, "stl10": 32, "celeba": 16}
@@ -112,7 +112,7 @@ def _folder_budget(name: str, split: SplitSpec) -> Budget:
 
 def budget_train_values(budget: Budget) -> dict:
     """The TrainConfig fields a budget sets (the sweep's and the benchmark's trials start from these)."""
-    from pudm_bench.config import SampleConfig
+    from pudm_bench.training.config import SampleConfig
 
     return dict(steps=budget.steps, batch_size=budget.batch_size, lr=budget.lr, warmup_steps=budget.warmup_steps,
                 log_every=budget.log_every, checkpoint_every=budget.checkpoint_every,

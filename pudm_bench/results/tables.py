@@ -11,9 +11,9 @@ from typing import Any
 
 import pandas as pd
 
-from pudm_bench.budgets import budget_for, default_constraints
-from pudm_bench.pareto import METRIC_DIRECTIONS, RATE, parse_constraint
-from pudm_bench.suites import Plan
+from pudm_bench.search.budgets import budget_for, default_constraints
+from pudm_bench.search.pareto import METRIC_DIRECTIONS, RATE, parse_constraint
+from pudm_bench.search.suites import Plan
 
 # Reported by runs that estimate beta (beta: auto) or filter U (method filter); "prior_true" is the split's truth.
 PRIOR_COLUMNS = ("prior_true", "prior_estimate", "prior_std", "beta_used", "filter_sensitive_removed_share",

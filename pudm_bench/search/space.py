@@ -28,20 +28,25 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Mapping, Union
+from typing import Any, Callable, Mapping
 
-import yaml
-
-from pudm_bench.config import TrainConfig
 from pudm_bench.errors import ConfigError, check_keys, read_yaml, unknown_name
-from pudm_bench.losses import CORRECTIONS
-from pudm_bench.prior import PRIOR_BOUNDS  # resolved auto bounds stay inside it
+from pudm_bench.search.distributions import (
+    DISTRIBUTIONS,
+    EXAMPLES,
+    Choice,
+    Distribution,
+    IntRange,
+    RelativeToPrior,
+    auto_factor,
+    number_value,
+)
+from pudm_bench.training.config import TrainConfig
+from pudm_bench.training.losses import CORRECTIONS
 
-DEFAULT_SEARCH_SPACE = Path(__file__).resolve().parents[1] / "search_spaces" / "default.yaml"
+DEFAULT_SEARCH_SPACE = Path(__file__).resolve().parents[2] / "search_spaces" / "default.yaml"
 KINDS = ("uniform", "loguniform", "int", "choice")
 # Baselines (unsupervised, supervised) have nothing to search; the sweep adds them next to the searched trials.
 SEARCHED_METHODS = ("pu", "pnu")
@@ -64,228 +69,8 @@ _SET_ELSEWHERE = {
 # Values: numbers as PyYAML reads them
 
 
-def _yaml_float_spelling(text: str) -> str | None:
-    """A spelling of ``text`` that PyYAML reads as a float (``1e-5`` -> ``1.0e-5``, ``1.0e5`` -> ``1.0e+5``).
-
-    PyYAML follows YAML 1.1: a float needs a decimal point and, with an exponent, a signed exponent; anything else
-    that Python's float() would accept stays a string.
-    """
-    try:
-        number = float(text)
-    except ValueError:
-        return None
-    if not math.isfinite(number):
-        return None
-    mantissa, has_exponent, exponent = text.strip().lower().partition("e")
-    if "." not in mantissa:
-        mantissa += ".0"
-    if has_exponent and exponent[:1] not in ("+", "-"):
-        exponent = "+" + exponent
-    spelling = mantissa + (f"e{exponent}" if has_exponent else "")
-    return spelling if isinstance(yaml.safe_load(spelling), float) else None
-
-
-def _number(key: str, value: Any, whole: bool = False) -> int | float:
-    """``value`` as an int (``whole``) or a float, or a ConfigError naming ``key`` and how to write it."""
-    expected = "a whole number, e.g. 64" if whole else "a number, e.g. 1.0e-4"
-    if isinstance(value, str):
-        spelling = _yaml_float_spelling(value)
-        if spelling is not None:
-            if whole and float(spelling).is_integer():
-                spelling = str(int(float(spelling)))
-            raise ConfigError(f"{key}={value!r} is text, not a number (PyYAML reads a float only with a decimal point "
-                              f"and a signed exponent); write {spelling}")
-        raise ConfigError(f"{key}={value!r} is invalid: expected {expected}")
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{key}={value!r} is invalid: expected {expected}")
-    if not math.isfinite(value):
-        raise ConfigError(f"{key}={value!r} is invalid: expected a finite number")
-    if not whole:
-        return float(value)
-    if isinstance(value, float):
-        fix = f"write {int(value)}" if value.is_integer() else "use kind uniform for fractional values"
-        raise ConfigError(f"{key}={value!r} is invalid: expected a whole number; {fix}")
-    return value
-
-
-def _same(a: Any, b: Any) -> bool:
-    """Equality that keeps booleans apart from 0 and 1."""
-    return isinstance(a, bool) == isinstance(b, bool) and a == b
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Distributions (validated when built; the parser prefixes the file and parameter to their messages)
-
-
-def _check_bounds(low: float, high: float) -> None:
-    if low >= high:
-        raise ConfigError(f"low={low!r} >= high={high!r}: low must be below high (swap them, or move a single "
-                          f"value to fixed)")
-
-
-@dataclass(frozen=True)
-class Uniform:
-    """A float drawn uniformly from [low, high]."""
-
-    kind: ClassVar[str] = "uniform"
-    low: float
-    high: float
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "low", _number("low", self.low))
-        object.__setattr__(self, "high", _number("high", self.high))
-        _check_bounds(self.low, self.high)
-
-    def contains(self, value: Any) -> bool:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and self.low <= value <= self.high
-
-    def center(self) -> float:
-        return (self.low + self.high) / 2
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "low": self.low, "high": self.high}
-
-
-@dataclass(frozen=True)
-class LogUniform:
-    """A float whose logarithm is drawn uniformly from [log low, log high]; for scales like learning rates."""
-
-    kind: ClassVar[str] = "loguniform"
-    low: float
-    high: float
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "low", _number("low", self.low))
-        object.__setattr__(self, "high", _number("high", self.high))
-        _check_bounds(self.low, self.high)
-        if self.low <= 0:
-            raise ConfigError(f"low={self.low!r} is invalid: loguniform takes the log of its bounds, so low must be "
-                              f"> 0 (e.g. 1.0e-5); use kind uniform to include 0")
-
-    def contains(self, value: Any) -> bool:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and self.low <= value <= self.high
-
-    def center(self) -> float:
-        return math.sqrt(self.low * self.high)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "low": self.low, "high": self.high}
-
-
-@dataclass(frozen=True)
-class IntRange:
-    """An integer from low to high inclusive, in steps of ``step``.
-
-    With step > 1, low and high must be multiples of step: Ray Tune's qrandint draws multiples of step and Optuna
-    draws low + k * step, and only then are the two the same set of values.
-    """
-
-    kind: ClassVar[str] = "int"
-    low: int
-    high: int
-    step: int = 1
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "low", _number("low", self.low, whole=True))
-        object.__setattr__(self, "high", _number("high", self.high, whole=True))
-        object.__setattr__(self, "step", _number("step", self.step, whole=True))
-        if self.step < 1:
-            raise ConfigError(f"step={self.step!r} is invalid: expected a whole number >= 1")
-        _check_bounds(self.low, self.high)
-        if self.step > 1 and (self.low % self.step or self.high % self.step):
-            raise ConfigError(f"low={self.low}, high={self.high} with step={self.step}: both bounds must be multiples "
-                              f"of step (e.g. low: {self.step * -(-self.low // self.step)}, "
-                              f"high: {self.step * (self.high // self.step)})")
-
-    def contains(self, value: Any) -> bool:
-        return (isinstance(value, int) and not isinstance(value, bool) and self.low <= value <= self.high
-                and (value - self.low) % self.step == 0)
-
-    def center(self) -> int:
-        """The grid value at or just below the midpoint."""
-        return self.low + self.step * ((self.high - self.low) // self.step // 2)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "low": self.low, "high": self.high, "step": self.step}
-
-
-@dataclass(frozen=True)
-class Choice:
-    """One of ``values`` (strings, numbers, booleans or null); the first one is the center."""
-
-    kind: ClassVar[str] = "choice"
-    values: tuple[Any, ...]
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.values, (list, tuple)) or not self.values:
-            raise ConfigError(f"values={self.values!r} is invalid: expected a non-empty list, e.g. values: [abs, max]")
-        for value in self.values:
-            if value is not None and not isinstance(value, (str, int, float, bool)):
-                raise ConfigError(f"values lists {value!r}: each value must be a string, number, boolean or null")
-        for i, value in enumerate(self.values):
-            if any(_same(value, other) for other in self.values[:i]):
-                raise ConfigError(f"values={list(self.values)!r} lists {value!r} twice; list each value once")
-        object.__setattr__(self, "values", tuple(self.values))
-
-    def contains(self, value: Any) -> bool:
-        return any(_same(value, v) for v in self.values)
-
-    def center(self) -> Any:
-        return self.values[0]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "values": list(self.values)}
-
-
-# ``low: auto*0.5``: a bound relative to the estimated class prior (beta only).
-_AUTO_BOUND = re.compile(r"^auto\s*\*\s*(\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)$")
-# Load-time checks use this stand-in for the estimate (the combination must be valid before the data is read).
-NOMINAL_PRIOR = 0.1
-
-
-@dataclass(frozen=True)
-class RelativeToPrior:
-    """beta drawn from [low_factor, high_factor] x the estimated prior, uniform or log-uniform; ``resolve`` turns it
-    into a ``Uniform``/``LogUniform`` once the sweep has the estimate."""
-
-    kind: str
-    low_factor: float
-    high_factor: float
-
-    def __post_init__(self) -> None:
-        if not 0 < self.low_factor < self.high_factor:
-            raise ConfigError(f"low=auto*{self.low_factor:g}, high=auto*{self.high_factor:g} is invalid: expected "
-                              "0 < low factor < high factor, e.g. low: auto*0.5, high: auto*2.0")
-
-    def resolve(self, prior: float) -> "Uniform | LogUniform":
-        low, high = (min(max(prior * f, PRIOR_BOUNDS[0]), PRIOR_BOUNDS[1]) for f in (self.low_factor, self.high_factor))
-        if low >= high:  # both clamped to the same edge: an estimate at 0 or 1
-            low, high = (PRIOR_BOUNDS[0], 2 * PRIOR_BOUNDS[0]) if low <= PRIOR_BOUNDS[0] else (0.99, PRIOR_BOUNDS[1])
-        return _DISTRIBUTIONS[self.kind](round(low, 6), round(high, 6))
-
-    def contains(self, value: Any) -> bool:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1
-
-    def center(self) -> float:
-        return self.resolve(NOMINAL_PRIOR).center()
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "low": f"auto*{self.low_factor:g}", "high": f"auto*{self.high_factor:g}"}
-
-
-def _auto_factor(value: Any) -> float | None:
-    match = _AUTO_BOUND.match(value.strip()) if isinstance(value, str) else None
-    return float(match.group(1)) if match else None
-
-
-Distribution = Union[Uniform, LogUniform, IntRange, Choice, RelativeToPrior]
-_DISTRIBUTIONS: dict[str, type] = {cls.kind: cls for cls in (Uniform, LogUniform, IntRange, Choice)}
-_EXAMPLES = {
-    "uniform": "{kind: uniform, low: 0.05, high: 0.3}",
-    "loguniform": "{kind: loguniform, low: 2.0e-4, high: 3.0e-3}",
-    "int": "{kind: int, low: 32, high: 128, step: 32}",
-    "choice": "{kind: choice, values: [abs, max]}",
-}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -330,7 +115,7 @@ def _check_value(name: str, key: str, value: Any) -> Any:
         if value not in domain.names:
             raise unknown_name(name, value, domain.names, key)
         return value
-    number = _number(key, value, whole=domain.value_type == "whole")
+    number = number_value(key, value, whole=domain.value_type == "whole")
     if not domain.accepts(number):
         raise ConfigError(f"{key}={value!r} is invalid: {name} must be {domain.expected}")
     return number
@@ -344,7 +129,7 @@ def _check_distribution(name: str, dist: Distribution, where: str) -> Distributi
                           f"{{kind: choice, values: [{', '.join(domain.names)}]}}")
     if domain.value_type == "whole" and not isinstance(dist, (IntRange, Choice)):
         raise ConfigError(f"{where}: kind={dist.kind!r} is invalid for {name}, which takes whole numbers: use "
-                          f"{_EXAMPLES['int']} or a choice of integers")
+                          f"{EXAMPLES['int']} or a choice of integers")
     if isinstance(dist, Choice):
         return Choice(tuple(_check_value(name, f"{where}: values[{i}]", v) for i, v in enumerate(dist.values)))
     for bound in ("low", "high"):
@@ -354,18 +139,18 @@ def _check_distribution(name: str, dist: Distribution, where: str) -> Distributi
 
 def _parse_distribution(name: str, spec: Any, where: str) -> Distribution:
     if not isinstance(spec, dict):
-        raise ConfigError(f"{where}={spec!r} is not a distribution: write e.g. {_EXAMPLES['uniform']}, or move "
+        raise ConfigError(f"{where}={spec!r} is not a distribution: write e.g. {EXAMPLES['uniform']}, or move "
                           f"{name} to fixed to use one value in every trial")
     if "kind" not in spec:
-        raise ConfigError(f"{where}: missing kind; use one of {', '.join(KINDS)}, e.g. {_EXAMPLES['uniform']}")
+        raise ConfigError(f"{where}: missing kind; use one of {', '.join(KINDS)}, e.g. {EXAMPLES['uniform']}")
     kind = spec["kind"]
-    if kind not in _DISTRIBUTIONS:
+    if kind not in DISTRIBUTIONS:
         raise unknown_name("distribution kind", kind, KINDS, where)
-    cls = _DISTRIBUTIONS[kind]
+    cls = DISTRIBUTIONS[kind]
     if name == "beta" and kind in ("uniform", "loguniform") and any(
             isinstance(spec.get(b), str) and spec.get(b).strip().startswith("auto") for b in ("low", "high")):
         check_keys(spec, ["kind", "low", "high"], where, required=("low", "high"))
-        factors = [_auto_factor(spec[b]) for b in ("low", "high")]
+        factors = [auto_factor(spec[b]) for b in ("low", "high")]
         if None in factors:
             raise ConfigError(f"{where}: low={spec['low']!r}, high={spec['high']!r} is invalid: relative to the "
                               "estimated prior, write both bounds as auto*FACTOR, e.g. low: auto*0.5, high: auto*2.0")
@@ -378,7 +163,7 @@ def _parse_distribution(name: str, spec: Any, where: str) -> Distribution:
     missing = [f.name for f in dataclasses.fields(cls)
                if f.default is dataclasses.MISSING and f.name not in spec]
     if missing:
-        raise ConfigError(f"{where}: kind {kind} needs {' and '.join(missing)}, e.g. {_EXAMPLES[kind]}")
+        raise ConfigError(f"{where}: kind {kind} needs {' and '.join(missing)}, e.g. {EXAMPLES[kind]}")
     try:
         dist = cls(**{k: v for k, v in spec.items() if k != "kind"})
     except ConfigError as exc:
@@ -464,7 +249,7 @@ def parse_search_space(data: Any, source: str = "<memory>") -> SearchSpace:
     raw_params = data.get("params")
     if not isinstance(raw_params, dict) or not raw_params:
         raise ConfigError(f"{where}: params={raw_params!r} is invalid: expected a non-empty mapping of parameter to "
-                          f"distribution, e.g. params: {{lr: {_EXAMPLES['loguniform']}}}")
+                          f"distribution, e.g. params: {{lr: {EXAMPLES['loguniform']}}}")
     params: dict[str, Distribution] = {}
     for name, spec in raw_params.items():
         if name not in DOMAINS:
@@ -486,7 +271,7 @@ def parse_search_space(data: Any, source: str = "<memory>") -> SearchSpace:
     chosen = {**params, **fixed}
     if "beta" not in chosen:
         raise ConfigError(f"{where}: method {method} needs the class prior beta: add it to params (e.g. beta: "
-                          f"{_EXAMPLES['uniform']}) or to fixed")
+                          f"{EXAMPLES['uniform']}) or to fixed")
     if "eta" in chosen and method != "pnu":
         raise ConfigError(f"{where}: eta weights the labeled-normal term of pnu and method {method} does not use it; "
                           f"remove eta or set method: pnu")

@@ -37,9 +37,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from pudm_bench.data.base import get_dataset
-from pudm_bench.data.splits import SplitSpec, convert_images
+from pudm_bench.data.build import convert_images
+from pudm_bench.data.splits import SplitSpec
 from pudm_bench.errors import ConfigError, PudmError
-from pudm_bench.nets import FLIP_DATASETS, ResNetReferee, SmallCNN
+from pudm_bench.training.nets import FLIP_DATASETS, ResNetReferee, SmallCNN
 
 CACHE_ENV = "PUDM_BENCH_CACHE"
 REFEREE_VERSION = 1

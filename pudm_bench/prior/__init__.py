@@ -1,0 +1,1 @@
+"""The class-prior layer: the BBE estimator and the filter baseline."""

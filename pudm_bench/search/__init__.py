@@ -1,0 +1,1 @@
+"""The search layer: search spaces, budgets, suites, objectives, constraints and the Pareto front."""
