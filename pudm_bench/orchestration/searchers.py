@@ -15,7 +15,7 @@ from ray.tune.search import Searcher
 
 from pudm_bench.errors import ConfigError
 from pudm_bench.orchestration.settings import SweepSettings
-from pudm_bench.search import space as ss
+from pudm_bench.search import distributions as ss
 from pudm_bench.search.budgets import Budget
 from pudm_bench.search.pareto import Constraint
 from pudm_bench.search.space import BASELINE_METHODS, SearchSpace
