@@ -118,8 +118,7 @@ def pets_sweep_losing_a_node(tmp_path_factory, empty_mlflow_store):
     multi-node ``ray.cluster_utils.Cluster`` and loses a node mid-trial; each test asserts its part of the outcome.
     Returns (sweep output, tracking URI, parent runs, trial runs) of the experiment pudm-pets_no_dogs.
     """
-    from tests.test_adding_a_split import write_my_splits
-    from tests.test_reliability import sweep_losing_a_node
+    from tests.helpers import sweep_losing_a_node, write_my_splits
 
     folder = tmp_path_factory.mktemp("pets_node_loss")
     my_splits = write_my_splits(folder / "my_splits")

@@ -9,35 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
-from PIL import Image
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "adding-a-split.md"
-
-
-def doc_yaml_blocks() -> list[dict]:
-    return [yaml.safe_load(block) for block in re.findall(r"```yaml\n(.*?)```", DOC.read_text(), flags=re.S)]
-
-
-def doc_split(name: str) -> dict:
-    found = [block for block in doc_yaml_blocks() if block.get("name") == name]
-    assert len(found) == 1, f"docs/adding-a-split.md has no single split named {name}"
-    return found[0]
-
-
-def write_pets(folder: Path, per_class: int = 75, height: int = 24, width: int = 20) -> None:
-    """cats: horizontal stripes, dogs: vertical stripes, noisy grey PNGs of a non-square size (the adapter crops the
-    centre square); easy for the referee, so the test is about the plumbing, not the classifier."""
-    rng = np.random.default_rng(0)
-    ys, xs = np.mgrid[0:height, 0:width]
-    patterns = {"cats": (ys % 4 < 2), "dogs": (xs % 4 < 2)}
-    for class_name, pattern in patterns.items():
-        (folder / class_name).mkdir(parents=True)
-        for i in range(per_class):
-            pixels = np.clip(pattern * 180 + 40 + rng.normal(0, 25, pattern.shape), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(folder / class_name / f"{i:04d}.png")
+from tests.helpers import assert_rate_is_a_scored_count, doc_split, write_my_splits
 
 
 def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -45,11 +20,6 @@ def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
 
 
-def write_my_splits(folder: Path) -> Path:
-    """The page's layout: my_splits/pets/ (the images) and my_splits/pets.yaml (the split, copied from the page)."""
-    write_pets(folder / "pets")
-    (folder / "pets.yaml").write_text(yaml.safe_dump(doc_split("pets_no_dogs"), sort_keys=False))
-    return folder
 
 
 @pytest.fixture
@@ -106,7 +76,8 @@ def test_a_sweep_runs_on_the_new_split_from_its_file_alone(pets_sweep_losing_a_n
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)  # the 2 trials asked for
     for run in runs:
         metrics = run.data.metrics
-        assert 0.0 <= metrics["non_sensitive_rate"] <= 1.0 and metrics["fd_classifier"] > 0
+        assert_rate_is_a_scored_count(metrics, int(metrics["num_samples"]))
+        assert metrics["fd_classifier"] > 0
     parent = client.search_runs([experiment.experiment_id], "tags.`pudm.kind` = 'sweep'")[0]
     assert parent.data.tags["pudm.split"] == "pets_no_dogs" and parent.data.tags["pudm.dataset"] == "imagefolder"
 
@@ -116,7 +87,7 @@ def test_the_documented_pu_folder_validates_and_counts_its_files(tmp_path, capsy
     one file too few in 0_unlabeled/ is a one-line error naming the count. (In this process: the subprocess runs
     of the other pages' examples already cover the command as users run it.)"""
     from pudm_bench.cli.splits import main
-    from tests.test_latent import write_pu_folder
+    from tests.helpers import write_pu_folder
 
     folder = tmp_path / "my_splits"
     write_pu_folder(folder / "celeb", n_normal=64, n_sensitive_u=16, n_s=20, n_eval=10)

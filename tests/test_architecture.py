@@ -113,3 +113,17 @@ def test_each_command_entry_only_hands_over_to_its_cli_and_has_a_console_script(
     assert [type(n).__name__ for n in tree.body] == ["Expr", "Import", "ImportFrom", "If"], f"{path}: more than an entry"
     scripts = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts[f"pudm-{command}"] == f"pudm_bench.cli.{command}:main"
+
+
+def test_no_test_module_imports_another():
+    """Shared helpers live in tests/helpers.py (and tests/dataset_files.py): a test module importing another one runs
+    that module's import-time code and ties the two together."""
+    tests = Path(__file__).resolve().parent
+    offenders = []
+    for path in sorted(tests.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([node.module or ""] if isinstance(node, ast.ImportFrom)
+                     else [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            offenders += [f"{path.relative_to(tests)}: {n}" for n in names
+                          if n.startswith("tests.") and n.rpartition(".")[2].startswith("test_")]
+    assert offenders == []

@@ -16,10 +16,10 @@ from pudm_bench.cli import benchmark
 from pudm_bench.data.splits import get_split
 from pudm_bench.errors import ConfigError
 from pudm_bench.orchestration.plan import plan
-from pudm_bench.orchestration.settings import BenchmarkSettings
 from pudm_bench.results.tables import markdown_table, runs_frame, summary_table, table_metrics
 from pudm_bench.search.suites import BUILTIN_SUITES_DIR, load_suite, parse_suite
 from pudm_bench.training.config import TrainConfig
+from tests.helpers import settings_for, write_suite
 
 FIXTURE_SPLITS = Path(__file__).parent / "fixtures" / "splits"  # digits_three_vs_eight has labeled normal data
 
@@ -31,16 +31,8 @@ def suite_data(**changes) -> dict:
     return data
 
 
-def settings_for(suite_file: Path, tmp_path: Path, *extra: str) -> BenchmarkSettings:
-    args = benchmark.build_parser().parse_args(["--suite", str(suite_file), "--storage", str(tmp_path / "runs"),
-                                                "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", *extra])
-    return benchmark.settings_from_args(args, load_suite(args.suite))
 
 
-def write_suite(tmp_path: Path, data: dict) -> Path:
-    path = tmp_path / f"{data['name']}.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
 
 
 def test_shipped_suites_load_and_name_the_papers_splits():

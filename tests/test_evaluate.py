@@ -14,6 +14,7 @@ from pudm_bench.scoring.evaluate import EvalConfig, score_images, wilson_interva
 from pudm_bench.scoring.fid import frechet_distance
 from pudm_bench.scoring.referee import RefereeTooWeakError, check_referee, get_referee, load_referee_file, save_referee
 from pudm_bench.training.config import SampleConfig, TrainConfig
+from tests.helpers import assert_coverage_matches_its_histogram, assert_rate_is_a_scored_count
 
 
 def test_wilson_interval_known_values():
@@ -115,7 +116,8 @@ def test_evaluate_cli_scores_a_trained_run(trained_run, digits_referee, capsys):
     rows = written["coverage_per_class"]
     assert [r["class"] for r in rows] == ["zero", "two", "four", "six", "eight"]
     assert sum(r["sample_count"] for r in rows) == written["coverage_samples"] <= 16
-    assert 0.0 <= written["coverage_tv"] <= 1.0 and 0.0 <= written["recall"] <= 1.0
+    assert_coverage_matches_its_histogram(written, rows)
+    assert_rate_is_a_scored_count(written, 16)
     assert (trained_run / "eval_coverage.png").is_file() and "coverage_per_class" not in printed
 
 

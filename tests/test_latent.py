@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from PIL import Image
 from safetensors.torch import load_file
 
 from pudm_bench.data.build import build_split
 from pudm_bench.data.splits import get_split, load_split_file
 from pudm_bench.errors import ConfigError
 from pudm_bench.training.config import SampleConfig, TrainConfig
+from tests.helpers import assert_rate_is_a_scored_count, write_pu_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT_LOW = "a handwritten digit from zero to four"
@@ -161,7 +161,7 @@ def test_train_cli_writes_a_reloadable_sd_run_and_evaluate_scores_it(tiny_sd, tm
     assert saved["model"] == "sd" and saved["lora_rank"] == 4
     metrics = evaluate_run(out, EvalConfig(num_samples=20, sample_steps=2, diversity="off", fid="off"))
     assert metrics["num_samples/low"] + metrics["num_samples/high"] == 20
-    assert 0.0 <= metrics["non_sensitive_rate"] <= 1.0
+    assert_rate_is_a_scored_count(metrics, 20)
 
 
 def test_conditions_need_their_own_prompts_for_sd(tiny_sd, tmp_path):
@@ -212,35 +212,6 @@ def test_pipeline_checks_before_training(tiny_sd, tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------------------------- PU folders
 
 
-def write_pu_folder(root: Path, n_normal: int = 12, n_sensitive_u: int = 3, n_s: int = 5, n_eval: int = 10,
-                    captions: bool = True) -> Path:
-    """Bright images are normal, dark ones sensitive; 8x8 RGB PNGs; metadata.jsonl with captions and U's truth."""
-    rng = np.random.default_rng(0)
-
-    def save(folder: str, count: int, bright: bool) -> list[str]:
-        (root / folder).mkdir(parents=True, exist_ok=True)
-        names = []
-        for i in range(count):
-            base = 160 if bright else 0
-            pixels = (rng.integers(0, 90, size=(8, 8, 3)) + base).astype(np.uint8)
-            name = f"{folder}/{'n' if bright else 's'}{i:03d}.png"
-            Image.fromarray(pixels).save(root / name)
-            names.append(name)
-        return names
-
-    unlabeled = save("0_unlabeled", n_normal, True) + save("0_unlabeled", n_sensitive_u, False)
-    sensitive = save("1_sensitive", n_s, False)
-    save("eval/normal", n_eval, True)
-    save("eval/sensitive", n_eval, False)
-    lines = []
-    for i, name in enumerate(unlabeled):
-        entry = {"file_name": name, "sensitive": "/s" in name}
-        if captions:
-            entry["text"] = "a photo of a man" if i % 2 == 0 else "a portrait of a man"
-        lines.append(json.dumps(entry))
-    lines += [json.dumps({"file_name": name, "text": "a photo of a man"}) for name in sensitive] if captions else []
-    (root / "metadata.jsonl").write_text("\n".join(lines) + "\n")
-    return root
 
 
 def pu_split_file(folder: Path, root: Path, **changes) -> Path:
@@ -353,7 +324,7 @@ def test_shipped_example_split_is_the_papers_case():
 @pytest.mark.slow
 def test_smoke_sweep_on_the_latent_path(tiny_sd, tmp_path, mlflow_store, session_referees):
     """One searched trial of LoRA PU-DM on the tiny SD pipeline through Ray Train, Optuna and MLflow."""
-    from tests.test_sweep import read_back
+    from tests.helpers import read_back
 
     store = tmp_path / "store"
     session_referees(store / "digits_even_cond-sd_lora-smoke-s0" / "cache")
@@ -370,7 +341,8 @@ def test_smoke_sweep_on_the_latent_path(tiny_sd, tmp_path, mlflow_store, session
     assert parent.data.tags["pudm.model"] == "sd+lora4" and parent.data.params["model"] == "sd"
     assert child.info.status == "FINISHED" and child.data.params["correction"] == "abs"  # fixed by sd_lora.yaml
     metrics = child.data.metrics
-    assert 0.0 <= metrics["non_sensitive_rate"] <= 1.0 and metrics["fd_classifier"] >= 0
+    assert_rate_is_a_scored_count(metrics, int(metrics["num_samples"]))
+    assert metrics["fd_classifier"] >= 0
     assert metrics["num_samples/low"] + metrics["num_samples/high"] == metrics["num_samples"]
     assert "non_sensitive_rate/low" in metrics and "non_sensitive_rate_min_condition" in metrics
     assert len(client.get_metric_history(child.info.run_id, "loss")) >= 2

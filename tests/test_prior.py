@@ -33,7 +33,7 @@ def test_bbe_recovers_the_prior_of_separable_scores(true_prior):
     sensitive = rng.uniform(2, 3, 400)
     estimate, top_share = bbe_from_scores(unlabeled, sensitive)
     assert estimate == pytest.approx(true_prior, abs=0.02)
-    assert 0 < top_share <= 1
+    assert top_share > 0.9  # separable: the top bin that minimises q_U / q_S holds (nearly) all of S
 
 
 def test_bbe_overestimates_rather_than_underestimates_when_the_classes_overlap():
@@ -268,8 +268,9 @@ def test_prior_cli_prints_the_estimate_beside_the_truth(tmp_path, capsys):
                               "--folds", "2", "--json", str(out)]) == 0
     rows = json.loads(out.read_text())
     assert rows[0]["split"] == "digits_even-share0.2" and rows[0]["true_prior"] == pytest.approx(0.2)
-    assert 0 < rows[0]["estimate"] <= 1
-    assert "true 0.200" in capsys.readouterr().out
+    out_text = capsys.readouterr().out
+    assert "true 0.200" in out_text and f"{rows[0]['estimate']:.3f}" in out_text  # the estimate printed is the one saved
+    assert abs(rows[0]["estimate"] - 0.2) < 0.15  # 60 classifier steps: a rough estimate, but of this prior
     assert prior_cli.main(["--seeds", "0"]) == 2
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from pudm_bench.cli.report import main
 from pudm_bench.tracking import SweepTracker
-from tests.test_tracking import record_sweep
+from tests.helpers import record_sweep
 
 OTHER_TRIALS = [  # a second sweep: one front point at 0.99 / 20 that raises the common reference to 22
     ("u0", "search", "pu", 0.2, 1e-3, "FINISHED", 0.99, 20.0, None),

@@ -330,6 +330,23 @@ def test_fixed_values_are_checked_with_train_config(monkeypatch):
     assert_mentions(message, "fixed", "warmup_steps=100", "at most 50")
 
 
+def test_bounds_are_range_checked_by_train_config_alone(monkeypatch):
+    """A range TrainConfig narrows is narrowed for a search space's bounds too, named by their key: the search space
+    holds no range of its own."""
+    from pudm_bench.search import space as search_space
+    from pudm_bench.training.config import TrainConfig
+
+    class StricterConfig(TrainConfig):
+        def __post_init__(self):
+            super().__post_init__()
+            if self.lr > 1.0e-3:
+                raise ConfigError(f"lr={self.lr} is invalid: expected at most 1.0e-3")
+
+    monkeypatch.setattr(search_space, "TrainConfig", StricterConfig)
+    assert_mentions(load_error(BASE), "params.lr: high=0.003 is invalid", "at most 1.0e-3")
+    assert parse_search_space(space_with(params__lr={"kind": "loguniform", "low": 1.0e-4, "high": 1.0e-3}), SOURCE)
+
+
 def test_pnu_takes_eta_and_a_fixed_correction():
     space = parse_search_space(space_with(method="pnu", params__correction=None, fixed__correction="max",
                                           params__eta={"kind": "loguniform", "low": 0.1, "high": 10.0}), SOURCE)

@@ -23,44 +23,7 @@ from pudm_bench.tracking import (
     redact,
     resolve_tracking_uri,
 )
-
-TRIALS = [  # trial_id, role, method, beta, lr, status, rate, quality, error
-    ("t0", "search", "pu", 0.1, 1e-3, "FINISHED", 0.90, 10.0, None),
-    ("t1", "search", "pu", 0.5, 2e-3, "FINISHED", 0.60, 4.0, None),
-    ("t2", "search", "pu", 0.9, 3e-3, "FINISHED", 0.50, 6.0, None),  # dominated by t1
-    ("t3", "search", "pu", 0.3, 1e-4, "FAILED", None, None, "NonFiniteLossError: loss is nan at step 12"),
-    ("b0", "baseline", "unsupervised", None, 1e-3, "FINISHED", 0.40, 3.0, None),
-    ("b1", "baseline", "supervised", None, 1e-3, "FINISHED", 0.95, 14.0, None),
-]
-
-
-def trials_frame(trials, quality: str = "fd_classifier") -> pd.DataFrame:
-    """What the sweep's ``results_frame`` gives the tracker: one row per trial."""
-    rows = []
-    for tid, role, method, beta, lr, status, rate, q, error in trials:
-        rows.append({"trial_id": tid, "role": role, "method": method, "beta": beta, "lr": lr, "status": status,
-                     "non_sensitive_rate": math.nan if rate is None else rate,
-                     "quality": math.nan if q is None else q, quality: math.nan if q is None else q,
-                     "excluded": rate is None, "error": error})
-    return pd.DataFrame(rows)
-
-
-def record_sweep(uri: str, experiment: str, name: str, trials=TRIALS, quality: str = "fd_classifier") -> str:
-    """Log a finished sweep as the sweep's driver would; returns the parent run id."""
-    tracker = SweepTracker(uri, experiment)
-    parent = tracker.start_sweep(name, tags={"pudm.split": "digits_even", "pudm.quality": quality},
-                                 params={"trials": len(trials), "seed": 0, "splits_dirs": ()})
-    for tid, role, method, beta, lr, status, rate, q, error in trials:
-        tracker.trial_run(tid, params={"method": method, "beta": beta, "lr": lr}, tags={"pudm.role": role})
-        tracker.log_trial_metrics(tid, {"loss": 0.5, "step_seconds": 0.1}, step=10)
-        if rate is not None:
-            tracker.log_trial_metrics(tid, {"non_sensitive_rate": rate, "non_sensitive_rate_ci_low": rate - 0.05,
-                                            "non_sensitive_rate_ci_high": min(rate + 0.05, 1.0), quality: q,
-                                            "referee_balanced_accuracy": 0.97}, None)
-        tracker.end_trial(tid, status, error)
-    tracker.log_pareto(summarize(trials_frame(trials, quality)), quality)
-    tracker.end_sweep("FINISHED")
-    return parent
+from tests.helpers import TRIALS, record_sweep, trials_frame
 
 
 @pytest.fixture(scope="module")

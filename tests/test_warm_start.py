@@ -157,7 +157,7 @@ def test_suite_init_names_another_method():
 
 
 def test_plan_chains_each_warm_cell_to_its_source(tmp_path):
-    from tests.test_benchmark import settings_for, write_suite
+    from tests.helpers import settings_for, write_suite
 
     data = {"name": "warm", "splits": ["digits_even"], "seeds": 2, "budget": "smoke",
             "methods": {"unsupervised": {"method": "unsupervised"},

@@ -6,32 +6,101 @@ from __future__ import annotations
 import base64
 import json
 import math
-import tempfile
+import pickle
 from pathlib import Path
 from typing import Any, Sequence
 
-from ray import tune
 from ray.tune.search import Searcher
 
-from pudm_bench.errors import ConfigError
 from pudm_bench.orchestration.settings import SweepSettings
-from pudm_bench.search import distributions as ss
 from pudm_bench.search.budgets import Budget
 from pudm_bench.search.pareto import Constraint
 from pudm_bench.search.space import BASELINE_METHODS, SearchSpace
 
 
-class BaselinesFirst(Searcher):
-    """Suggests the baselines (same budget, nothing searched) first, then delegates to Optuna. Baseline results are
-    never told to Optuna, so the study holds only searched trials."""
+class StudySearcher(Searcher):
+    """Optuna's ask-and-tell interface behind Tune's ``Searcher``: a suggestion is ``study.ask(distributions)`` (the
+    search space's own distributions, ``Distribution.to_optuna``), a result is ``study.tell(values)`` with each
+    constraint's value set on the trial first (``Trial.set_constraint``; <= 0: satisfied), which Optuna's
+    constrained samplers read (constrained TPE, NSGA-II's constrained domination, constrained GP).
 
-    def __init__(self, inner: Searcher, baseline_configs: list[dict[str, Any]],
+    The study lives in RDB storage (the sweep's ``optuna.db``), so ``optuna.load_study`` and optuna-dashboard read
+    it while the sweep runs. What Tune checkpoints is only what the storage lacks: which Tune trial is which study
+    trial, and the sampler (its random state: a resumed sweep continues the sequence instead of repeating it)."""
+
+    def __init__(self, study: Any, storage: Any, distributions: dict[str, Any], objectives: Sequence[tuple[str, str]],
                  constraints: Sequence[Constraint] = ()) -> None:
+        super().__init__(metric=[m for m, _ in objectives], mode=[d for _, d in objectives])
+        self.study, self.storage = study, storage  # the storage: to find a resumed trial by its number
+        self.distributions = dict(distributions)
+        self.constraints = list(constraints)
+        self.trials: dict[str, Any] = {}  # Tune trial id -> optuna.trial.Trial, for the trials not yet told
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return True  # the space is the study's distributions; Tune's param_space stays empty
+
+    def suggest(self, trial_id: str) -> dict[str, Any]:
+        trial = self.study.ask(self.distributions)
+        self.trials[trial_id] = trial
+        return dict(trial.params)
+
+    def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
+        import optuna
+
+        trial = self.trials.pop(trial_id, None)
+        if trial is None:
+            return
+        values = [(result or {}).get(m) for m in self.metric]
+        if error or not result or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+            # A failed trial (an error, NaN or missing objectives) is told as failed: tell() would refuse the values
+            # and leave the trial RUNNING in the study.
+            self.study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+            return
+        for constraint in self.constraints:
+            trial.set_constraint(str(constraint), constraint.violation(result.get(constraint.metric)))
+        self.study.tell(trial, [float(v) for v in values], skip_if_finished=True)
+
+    def save(self, checkpoint_path: str) -> None:
+        Path(checkpoint_path).write_text(json.dumps(self.get_state()))
+
+    def restore(self, checkpoint_path: str) -> None:
+        self.set_state(json.loads(Path(checkpoint_path).read_text()))
+
+    def get_state(self) -> dict[str, Any]:
+        return {"numbers": {tid: trial.number for tid, trial in self.trials.items()},
+                "sampler": base64.b64encode(pickle.dumps(self.study.sampler)).decode()}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        import optuna
+
+        self.study.sampler = pickle.loads(base64.b64decode(state["sampler"]))
+        # The trials Tune will still complete, rebuilt through the storage's public lookups (name -> study id,
+        # number -> trial id).
+        study_id = self.storage.get_study_id_from_name(self.study.study_name)
+        self.trials = {tid: optuna.trial.Trial(self.study,
+                                               self.storage.get_trial_id_from_study_id_trial_number(study_id, number))
+                       for tid, number in state["numbers"].items()}
+        # A trial asked after this state was saved is in the study (ask writes to the storage at once) but Tune
+        # runs it again under a new id: it will never be told, so it is closed as failed, not left RUNNING.
+        kept = set(state["numbers"].values())
+        for frozen in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            if frozen.number not in kept:
+                self.study.tell(frozen.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+
+
+class BaselinesFirst(Searcher):
+    """Suggests the baselines (same budget, nothing searched) first, then delegates to the study. Baseline results
+    are never told to Optuna, so the study holds only searched trials."""
+
+    def __init__(self, inner: StudySearcher, baseline_configs: list[dict[str, Any]]) -> None:
         super().__init__(metric=inner.metric, mode=inner.mode)
         self.inner = inner
         self.pending = list(baseline_configs)
         self.baseline_trials: set[str] = set()
-        self.constraints = list(constraints)
+
+    @property
+    def constraints(self) -> list[Constraint]:
+        return self.inner.constraints
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         return self.inner.set_search_properties(metric, mode, config, **spec)
@@ -42,41 +111,18 @@ class BaselinesFirst(Searcher):
             return self.pending.pop(0)
         return self.inner.suggest(trial_id)
 
-    def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id not in self.baseline_trials:
-            self.inner.on_trial_result(trial_id, result)
-
     def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
-        if trial_id in self.baseline_trials:
-            return
-        values = [(result or {}).get(m) for m in self.inner.metric]
-        if result and not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
-            # A failed trial (NaN or missing objectives): told to Optuna as failed. Passed on, Optuna's tell() would
-            # refuse the values and leave the trial RUNNING in the study.
-            result, error = None, True
-        if result and self.constraints:
-            # Optuna's samplers read each trial's constraint values (<= 0: satisfied; Trial.set_constraint);
-            # Ray's OptunaSearch passes objectives only, so they go on the study's trial here, before tell().
-            ot_trial = getattr(self.inner, "_ot_trials", {}).get(trial_id)
-            if ot_trial is not None:
-                for constraint in self.constraints:
-                    ot_trial.set_constraint(str(constraint), constraint.violation(result.get(constraint.metric)))
-        self.inner.on_trial_complete(trial_id, result=result, error=error)
+        if trial_id not in self.baseline_trials:
+            self.inner.on_trial_complete(trial_id, result=result, error=error)
 
-    # One file holds both states: Tune syncs and restores the searcher's checkpoint file by its own name only, so a
-    # companion file (Optuna's state beside ours) was missing after a driver crash and the resume started over.
+    # One file holds both states: Tune syncs and restores the searcher's checkpoint file by its own name only.
     def save(self, checkpoint_path: str) -> None:
-        with tempfile.TemporaryDirectory() as tmp:
-            self.inner.save(str(Path(tmp) / "optuna.pkl"))
-            inner = base64.b64encode((Path(tmp) / "optuna.pkl").read_bytes()).decode()
-        Path(checkpoint_path).write_text(json.dumps({"pending": self.pending, "optuna": inner,
+        Path(checkpoint_path).write_text(json.dumps({"pending": self.pending, "optuna": self.inner.get_state(),
                                                      "baseline_trials": sorted(self.baseline_trials)}))
 
     def restore(self, checkpoint_path: str) -> None:
         state = json.loads(Path(checkpoint_path).read_text())
-        with tempfile.TemporaryDirectory() as tmp:
-            (Path(tmp) / "optuna.pkl").write_bytes(base64.b64decode(state["optuna"]))
-            self.inner.restore(str(Path(tmp) / "optuna.pkl"))
+        self.inner.set_state(state["optuna"])
         self.pending, self.baseline_trials = state["pending"], set(state["baseline_trials"])
 
 
@@ -135,10 +181,10 @@ def study_storage(settings: SweepSettings) -> str:
 
 def make_searcher(settings: SweepSettings, space: SearchSpace, budget: Budget) -> BaselinesFirst:
     """Seeded Optuna multi-objective search (non-sensitive rate up, quality down, plus ``--objective``s) behind the
-    baselines; with ``--constraint``s, each trial's constraint values go to Optuna (``Trial.set_constraint``), whose
-    samplers then prefer the feasible region (constrained TPE, NSGA-II's constrained domination, constrained GP)."""
+    baselines, over the search space's distributions; with ``--constraint``s, each trial's constraint values go to
+    Optuna, whose samplers then prefer the feasible region. The study is ``<run dir>/optuna.db``, named after the
+    sweep (created, or loaded on ``--resume``)."""
     import optuna
-    from ray.tune.search.optuna import OptunaSearch
 
     if settings.sampler == "tpe":
         sampler = optuna.samplers.TPESampler(seed=settings.seed)
@@ -148,28 +194,12 @@ def make_searcher(settings: SweepSettings, space: SearchSpace, budget: Budget) -
     else:
         sampler = optuna.samplers.GPSampler(seed=settings.seed)
     objectives = settings.objective_directions
-    # The study lives in the sweep's folder (optuna.db), so optuna.load_study and optuna-dashboard read it directly.
     settings.run_dir.mkdir(parents=True, exist_ok=True)
     storage = optuna.storages.RDBStorage(study_storage(settings))
-    optuna_search = OptunaSearch(metric=[m for m, _ in objectives], mode=[d for _, d in objectives], sampler=sampler,
-                                 storage=storage, study_name=settings.name)
+    study = optuna.create_study(storage=storage, study_name=settings.name, sampler=sampler,
+                                directions=["maximize" if d == "max" else "minimize" for _, d in objectives],
+                                load_if_exists=True)
+    distributions = {name: dist.to_optuna() for name, dist in space.params.items()}
     baselines = [dict({k: None for k in space.params}, method=m, lr=budget.lr)
                  for m in (BASELINE_METHODS if settings.baselines else ())]
-    return BaselinesFirst(optuna_search, baselines, settings.parsed_constraints)
-
-
-def tune_param_space(space: SearchSpace) -> dict[str, Any]:
-    """Search-space distributions (pudm_bench.search_space) -> Ray Tune domains (which OptunaSearch converts)."""
-    out: dict[str, Any] = {}
-    for name, dist in space.params.items():
-        if isinstance(dist, ss.Uniform):
-            out[name] = tune.uniform(dist.low, dist.high)
-        elif isinstance(dist, ss.LogUniform):
-            out[name] = tune.loguniform(dist.low, dist.high)
-        elif isinstance(dist, ss.IntRange):
-            out[name] = tune.qrandint(dist.low, dist.high, dist.step) if dist.step > 1 else tune.randint(dist.low, dist.high + 1)
-        elif isinstance(dist, ss.Choice):
-            out[name] = tune.choice(list(dist.values))
-        else:  # the search-space loader admits only the kinds above
-            raise ConfigError(f"search space {space.source}: unsupported distribution {dist!r}")
-    return out
+    return BaselinesFirst(StudySearcher(study, storage, distributions, objectives, settings.parsed_constraints), baselines)

@@ -32,7 +32,7 @@ from pudm_bench.orchestration.callbacks import TrackingCallback, trial_params
 from pudm_bench.orchestration.cluster import start_ray
 from pudm_bench.orchestration.preflight import preflight, prepare_scoring, say
 from pudm_bench.orchestration.runner import fit_tuner, start_parent_run
-from pudm_bench.orchestration.searchers import make_searcher, tune_param_space
+from pudm_bench.orchestration.searchers import make_searcher
 from pudm_bench.orchestration.settings import TRIAL_DRIVER_CPU, SweepSettings
 from pudm_bench.orchestration.trial import eval_config, run_trial, trial_train_config
 from pudm_bench.search.budgets import Budget, budget_for
@@ -163,7 +163,7 @@ def run_sweep(settings: SweepSettings, resume: bool, ray_address: str | None, nu
     trainable = tune.with_resources(tune.with_parameters(run_trial, settings=redacted), {"cpu": TRIAL_DRIVER_CPU})
     start = time.perf_counter()
     records = fit_tuner(
-        trainable, settings.run_dir, resume=resume, param_space=tune_param_space(space),
+        trainable, settings.run_dir, resume=resume,
         tune_config=lambda: tune.TuneConfig(
             # metric/mode stay unset here: setting them would silently make the study single-objective.
             search_alg=make_searcher(settings, space, budget),

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Union
 
 import yaml
+from optuna import distributions as od
 
 from pudm_bench.errors import ConfigError
 from pudm_bench.prior.estimate import PRIOR_BOUNDS  # resolved auto bounds stay inside it
@@ -88,6 +89,9 @@ class Uniform:
     def center(self) -> float:
         return (self.low + self.high) / 2
 
+    def to_optuna(self) -> od.FloatDistribution:
+        return od.FloatDistribution(self.low, self.high)
+
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "low": self.low, "high": self.high}
 
@@ -114,6 +118,9 @@ class LogUniform:
     def center(self) -> float:
         return math.sqrt(self.low * self.high)
 
+    def to_optuna(self) -> od.FloatDistribution:
+        return od.FloatDistribution(self.low, self.high, log=True)
+
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "low": self.low, "high": self.high}
 
@@ -122,8 +129,8 @@ class LogUniform:
 class IntRange:
     """An integer from low to high inclusive, in steps of ``step``.
 
-    With step > 1, low and high must be multiples of step: Ray Tune's qrandint draws multiples of step and Optuna
-    draws low + k * step, and only then are the two the same set of values.
+    With step > 1, low and high must be multiples of step: the values are low + k * step (Optuna's
+    IntDistribution), and a grid of multiples of step is what a user writing ``step: 32`` means.
     """
 
     kind: ClassVar[str] = "int"
@@ -150,6 +157,9 @@ class IntRange:
     def center(self) -> int:
         """The grid value at or just below the midpoint."""
         return self.low + self.step * ((self.high - self.low) // self.step // 2)
+
+    def to_optuna(self) -> od.IntDistribution:
+        return od.IntDistribution(self.low, self.high, step=self.step)
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "low": self.low, "high": self.high, "step": self.step}
@@ -178,6 +188,9 @@ class Choice:
 
     def center(self) -> Any:
         return self.values[0]
+
+    def to_optuna(self) -> od.CategoricalDistribution:
+        return od.CategoricalDistribution(self.values)
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "values": list(self.values)}
@@ -216,6 +229,10 @@ class RelativeToPrior:
 
     def center(self) -> float:
         return self.resolve(NOMINAL_PRIOR).center()
+
+    def to_optuna(self) -> od.BaseDistribution:
+        raise ConfigError(f"beta {self.to_dict()} is relative to the estimated prior: resolve it first "
+                          "(SearchSpace.resolve_prior)")
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "low": f"auto*{self.low_factor:g}", "high": f"auto*{self.high_factor:g}"}

@@ -20,7 +20,8 @@ the sweep estimates beta from U and S (``pudm_bench.prior``) before any trial an
 
 Only the kinds in ``KINDS`` are accepted (no code or class paths in YAML) and only the parameters in ``TUNABLE``.
 Every mistake raises a one-line ``ConfigError`` naming the file, the key, the value and the fix, before Ray starts.
-This module does not import Ray or Optuna: ``orchestration.searchers`` turns the distributions into Tune domains.
+This module does not import Ray: each distribution turns into Optuna's own (``Distribution.to_optuna``), which
+``orchestration.searchers`` asks the study for; value ranges are TrainConfig's to check (``_check_value``).
 """
 
 from __future__ import annotations
@@ -30,12 +31,13 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 from pudm_bench.errors import ConfigError, check_keys, read_yaml, unknown_name
 from pudm_bench.search.distributions import (
     DISTRIBUTIONS,
     EXAMPLES,
+    NOMINAL_PRIOR,
     Choice,
     Distribution,
     IntRange,
@@ -79,33 +81,34 @@ _SET_ELSEWHERE = {
 
 @dataclass(frozen=True)
 class _Domain:
-    """What one TrainConfig field accepts: ``real`` numbers, ``whole`` numbers or ``names``."""
+    """What kind of value one TrainConfig field takes: ``real`` numbers, ``whole`` numbers or ``names``; its range is
+    TrainConfig's to check (``_check_value``), so a search space accepts exactly what a trial's config will."""
 
     value_type: str
-    accepts: Callable[[Any], bool] = lambda v: True
-    expected: str = ""
     names: tuple[str, ...] = ()
     nullable: bool = False
+    # The method a config needs for TrainConfig to accept the field at all (beta: pu; eta: pnu only).
+    method: str = "pu"
 
 
 DOMAINS: dict[str, _Domain] = {
-    "beta": _Domain("real", lambda v: 0 < v < 1, "strictly inside (0, 1): it is a class prior, the sensitive share "
-                    "of U (e.g. low: 0.05, high: 0.3)"),
+    "beta": _Domain("real"),
     "correction": _Domain("names", names=CORRECTIONS),
-    "lr": _Domain("real", lambda v: 0 < v < 1, "in (0, 1), e.g. 1.0e-4"),
-    "weight_decay": _Domain("real", lambda v: v >= 0, ">= 0, e.g. 1.0e-2"),
-    "warmup_steps": _Domain("whole", lambda v: v >= 0, ">= 0"),
-    "ema_decay": _Domain("real", lambda v: 0 < v < 1, "in (0, 1), e.g. 0.999", nullable=True),
-    "batch_size": _Domain("whole", lambda v: v >= 2, ">= 2"),
-    "steps": _Domain("whole", lambda v: v >= 1, ">= 1"),
-    "eta": _Domain("real", lambda v: v >= 0, ">= 0, e.g. 1.0"),
-    "grad_clip": _Domain("real", lambda v: v > 0, "> 0, e.g. 1.0"),
+    "lr": _Domain("real"),
+    "weight_decay": _Domain("real"),
+    "warmup_steps": _Domain("whole"),
+    "ema_decay": _Domain("real", nullable=True),
+    "batch_size": _Domain("whole"),
+    "steps": _Domain("whole"),
+    "eta": _Domain("real", method="pnu"),
+    "grad_clip": _Domain("real"),
 }
 TUNABLE = tuple(DOMAINS)
 
 
 def _check_value(name: str, key: str, value: Any) -> Any:
-    """``value`` checked (and normalised) as a value of TrainConfig field ``name``; ``key`` names it in errors."""
+    """``value`` checked (and normalised) as a value of TrainConfig field ``name``; ``key`` names it in errors. The
+    kind of value is checked here (for the YAML-specific hints); the range by TrainConfig itself."""
     domain = DOMAINS[name]
     if value is None:
         if domain.nullable:
@@ -116,8 +119,14 @@ def _check_value(name: str, key: str, value: Any) -> Any:
             raise unknown_name(name, value, domain.names, key)
         return value
     number = number_value(key, value, whole=domain.value_type == "whole")
-    if not domain.accepts(number):
-        raise ConfigError(f"{key}={value!r} is invalid: {name} must be {domain.expected}")
+    try:
+        TrainConfig(method=domain.method, **({"beta": NOMINAL_PRIOR} if name != "beta" else {}), **{name: number})
+    except ConfigError as exc:
+        # TrainConfig's own words after "<field>=<value> is invalid", under this file's key. An error about another
+        # field (a default this single-value check does not choose) is left to the check of the combination.
+        head, found, reason = str(exc).partition(" is invalid")
+        if found and head.startswith(f"{name}="):
+            raise ConfigError(f"{key}={value!r} is invalid{reason}") from None
     return number
 
 
