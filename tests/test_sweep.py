@@ -420,6 +420,38 @@ def test_constraints_decide_feasibility_and_keep_infeasible_trials_off_the_front
     assert parent.data.metrics["n_infeasible"] == int((~table.feasible.astype(bool)).sum())
 
 
+@pytest.mark.slow
+def test_two_train_workers_train_like_one_process(digits_sweep, tmp_path):
+    """The searched trial ran on 2 Ray Train workers (DDP over gloo, global batch 32): the losses it logged equal
+    those of the training loop in one process with the trial's own config (global-batch PU risk, training/distributed.py)."""
+    import torch
+
+    from pudm_bench.data.build import build_split
+    from pudm_bench.training.config import TrainConfig
+    from pudm_bench.training.loop import Callback, train
+
+    client, searched = digits_sweep.client, digits_sweep.searched
+    assert digits_sweep.parent.data.params["workers_per_trial"] == "2"
+    saved = json.loads(Path(client.download_artifacts(searched.info.run_id, "train_config.json", str(tmp_path))).read_text())
+    config = TrainConfig.from_dict(saved)
+    assert config.method == "pu" and config.beta is not None
+    logged = {int(m.step): m.value for m in client.get_metric_history(searched.info.run_id, "loss")}
+
+    class Record(Callback):
+        def __init__(self) -> None:
+            self.losses: dict[int, float] = {}
+
+        def on_log(self, step: int, metrics: dict[str, float]) -> None:
+            self.losses[step] = metrics["loss"]
+
+    record = Record()
+    torch.set_num_threads(1)
+    split = build_split(get_split(config.split), seed=config.split_seed)
+    train(config, split, tmp_path / "one", callbacks=[record], resume=False)
+    assert sorted(logged) == sorted(record.losses) and len(logged) >= 2
+    assert [logged[s] for s in sorted(logged)] == pytest.approx([record.losses[s] for s in sorted(logged)], rel=1e-4)
+
+
 STL10_VEHICLES = (0, 2, 8, 9)  # airplane, car, ship, truck in torchvision's STL10 class order
 
 

@@ -1,8 +1,10 @@
 """Data-parallel scaling with Ray Train (docs/performance.md, item 6): the same global batch on 1 worker and on 2
-workers (DDP, gloo on CPU / NCCL on GPU), throughput ratio, and the cost of one gradient all-reduce.
+workers (DDP, gloo on CPU / NCCL on GPU), throughput ratio, the cost of one gradient all-reduce, and the cost of the
+all-reduce of the PU risk's statistics that makes the loss the global batch's (training/distributed.py).
 
-Each worker runs the suite's own model preset and a PU-style step (forward, per-example error, backward, AdamW) on
-its share of a synthetic batch; CPUs are split evenly (1 worker x all threads against 2 workers x half each).
+Each worker runs the suite's own model preset and the loop's PU step (forward, per-example error, PU risk from the
+statistics summed over ranks, backward, AdamW) on its share of a synthetic batch (9% of it labeled sensitive); CPUs
+are split evenly (1 worker x all threads against 2 workers x half each).
 
     python benchmarks/perf/ddp_scaling.py [--preset digits] [--batch 64] [--steps 40] [--gpu]
 """
@@ -28,7 +30,8 @@ def worker_loop(config: dict) -> None:
     import torch
     import torch.distributed as dist
 
-    from pudm_bench.training.losses import denoising_error
+    from pudm_bench.training.distributed import global_sum
+    from pudm_bench.training.losses import LABELED_SENSITIVE, UNLABELED, denoising_error, risk_statistics, training_risk
     from pudm_bench.training.models import build_model
 
     context = ray.train.get_context()
@@ -42,11 +45,14 @@ def worker_loop(config: dict) -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     local = config["batch"] // world
     x0 = torch.randn(local, channels, size, size, device=device)
+    role = torch.where(torch.rand(local, device=device) < 0.09, LABELED_SENSITIVE, UNLABELED)
+    reduce = global_sum if world > 1 else None
 
     def step() -> None:
         noise = torch.randn_like(x0)
         t = torch.randint(0, 1000, (local,), device=device)
-        loss = denoising_error(model(x0 + noise, t).sample, noise).mean()
+        error = denoising_error(model(x0 + noise, t).sample, noise)
+        loss = training_risk("pu", error, role, beta=0.1, correction="abs", reduce=reduce).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -60,7 +66,7 @@ def worker_loop(config: dict) -> None:
         step()
     sync()
     step_seconds = (time.perf_counter() - start) / config["steps"]
-    allreduce_seconds = 0.0
+    allreduce_seconds = statistics_seconds = 0.0
     if world > 1:  # one all-reduce of a gradient-sized buffer, as DDP does per step (in buckets)
         buffer = torch.zeros(sum(p.numel() for p in model.parameters()), device=device)
         for _ in range(3):
@@ -71,11 +77,22 @@ def worker_loop(config: dict) -> None:
             dist.all_reduce(buffer)
         sync()
         allreduce_seconds = (time.perf_counter() - start) / 10
+        # The extra collective of the global-batch risk: a few scalars forward, the same backward.
+        statistics = risk_statistics(torch.rand(local, device=device, requires_grad=True), role)
+        for _ in range(10):
+            global_sum(statistics).sum().backward(retain_graph=True)
+        sync()
+        start = time.perf_counter()
+        for _ in range(100):
+            global_sum(statistics).sum().backward(retain_graph=True)
+        sync()
+        statistics_seconds = (time.perf_counter() - start) / 100
     if context.get_world_rank() == 0:  # Train V2's Result carries metrics only with a checkpoint: use a file
         import json
 
         Path(config["result_file"]).write_text(json.dumps({
             "step_seconds": step_seconds, "allreduce_seconds": allreduce_seconds,
+            "risk_allreduce_seconds": statistics_seconds,
             "params": sum(p.numel() for p in model.parameters())}))
 
 
@@ -99,6 +116,7 @@ def run(workers: int, args: argparse.Namespace, cpus: int) -> dict:
     metrics = json.loads((Path(args.storage) / f"result-{workers}.json").read_text())
     return {"workers": workers, "threads_per_worker": per_worker, "step_ms": 1e3 * metrics["step_seconds"],
             "images_per_s": args.batch / metrics["step_seconds"], "allreduce_ms": 1e3 * metrics["allreduce_seconds"],
+            "risk_allreduce_ms": 1e3 * metrics["risk_allreduce_seconds"],
             "params": metrics["params"], "fit_wall_s": wall}
 
 
@@ -123,10 +141,11 @@ def main() -> int:
     ray.shutdown()
     rows[1]["speedup_vs_1"] = rows[1]["images_per_s"] / rows[0]["images_per_s"]
     rows[1]["allreduce_share"] = rows[1]["allreduce_ms"] / rows[1]["step_ms"]
+    rows[1]["risk_allreduce_share"] = rows[1]["risk_allreduce_ms"] / rows[1]["step_ms"]
     print_table(f"Ray Train data parallel, preset {args.preset}, global batch {args.batch}, "
                 f"{'GPU' if args.gpu else f'{cpus} CPUs'}", rows,
                 ["workers", "threads_per_worker", "step_ms", "images_per_s", "speedup_vs_1", "allreduce_ms",
-                 "allreduce_share", "params", "fit_wall_s"])
+                 "allreduce_share", "risk_allreduce_ms", "risk_allreduce_share", "params", "fit_wall_s"])
     write_json(args.out, f"ddp_scaling_{args.preset}{'_gpu' if args.gpu else ''}", {"args": vars(args), "rows": rows})
     return 0
 

@@ -29,6 +29,7 @@ from pudm_bench.training.batches import TrainingSet, autocast_dtype, batch_indic
 from pudm_bench.training.checkpoint import latest_checkpoint, load_checkpoint, read_checkpoint_state, save_checkpoint
 from pudm_bench.training.config import TrainConfig
 from pudm_bench.training.denoiser import Denoiser, build_denoiser
+from pudm_bench.training.distributed import global_sum
 from pudm_bench.training.losses import denoising_error, training_risk
 from pudm_bench.training.sampling import PixelGenerator
 
@@ -122,8 +123,9 @@ def train(
     """Train ``config.method`` on ``split`` for ``config.steps`` steps; checkpoints in ``run_dir/checkpoints``.
 
     ``prepare_model`` wraps the model for data-parallel training (e.g. ``ray.train.torch.prepare_model``); when
-    torch.distributed is initialised each rank takes every world_size-th example of the global batch and only
-    rank 0 writes checkpoints. With ``resume`` the latest checkpoint in ``run_dir`` is
+    torch.distributed is initialised each rank takes every world_size-th example of the global batch (with the
+    global batch's noise and timesteps), the risk is the global batch's (its statistics summed over ranks before
+    the correction), and only rank 0 writes checkpoints. With ``resume`` the latest checkpoint in ``run_dir`` is
     restored exactly (weights, optimizer, schedule, EMA, noise RNG), so N steps in one go and N/2 + N/2 with a
     restart give the same weights on a CPU.
     """
@@ -143,6 +145,7 @@ def train(
         raise ConfigError(f"batch_size={config.batch_size} exceeds the {len(data)} training images of split "
                           f"{split.spec.name!r}; lower --batch-size")
     roles, conditions = data.roles.to(device), data.conditions.to(device)
+    num_conditions = int(data.conditions.max()) + 1 if len(data) else 1  # the same on every rank: statistics' rows
 
     torch.manual_seed(config.seed)  # identical initial weights on every rank
     denoiser = build_denoiser(config, split, data, device, amp_dtype)
@@ -155,7 +158,8 @@ def train(
                                   fused=device.type in ("cpu", "cuda"))
     lr_scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)
     ema = EMAModel(params, decay=config.ema_decay) if config.ema_decay else None
-    generator = torch.Generator(device=device).manual_seed(config.seed * 7919 + 17 + rank)
+    # The same stream on every rank: each draws the global batch's noise and keeps its shard (the step below).
+    generator = torch.Generator(device=device).manual_seed(config.seed * 7919 + 17)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
     saved_config = {**config.to_dict(), "split_fingerprint": split.fingerprint}
@@ -183,19 +187,26 @@ def train(
     start_time = time.perf_counter()
     step = start_step
     for step in range(start_step + 1, config.steps + 1):
-        idx = batch_indices(len(data), config.batch_size, config.seed, step - 1, rank, world_size).to(device)
+        # Every rank draws the global batch's inputs, noise and timesteps from the same generator and keeps its
+        # shard (every world_size-th example): W workers then see exactly the examples, noise and t that one worker
+        # with the same global batch would (for W = 1 this is the plain draw).
+        idx = batch_indices(len(data), config.batch_size, config.seed, step - 1).to(device)
         x0 = denoiser.inputs(idx, generator)
-        role, condition = roles[idx], conditions[idx]
         noise = torch.randn(x0.shape, generator=generator, device=device)
         t = torch.randint(0, timesteps, (x0.shape[0],), generator=generator, device=device)
+        if world_size > 1:
+            idx, x0, noise, t = idx[rank::world_size], x0[rank::world_size], noise[rank::world_size], t[rank::world_size]
+        role, condition = roles[idx], conditions[idx]
         abar = alphas_cumprod[t].view(-1, 1, 1, 1)
         x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * noise  # = noise_scheduler.add_noise, without its per-call copy
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             eps_pred = wrapped(x_t, t, **denoiser.context(idx)).sample
         error = denoising_error(eps_pred, noise)
+        # The risk of the global batch: the ranks' statistics are summed before the correction (distributed.py).
         risk = training_risk(risk_method, error, role, beta=beta, correction=config.correction,
                              eta=config.effective_eta, paper_weighting=config.paper_weighting,
-                             condition=condition if denoiser.conditional else None)
+                             condition=condition if denoiser.conditional else None, num_conditions=num_conditions,
+                             reduce=global_sum if world_size > 1 else None)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(risk.loss).backward()
         scaler.unscale_(optimizer)

@@ -12,7 +12,9 @@ decide how to average, because PU learning weights the roles differently.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -94,19 +96,90 @@ def check_prior(method: str, beta: float | None) -> None:
         raise ConfigError(f"method {method!r} does not use beta (got beta={beta}); drop --beta or use --method pu")
 
 
+# ------------------------------------------------------------------------------------ sufficient statistics
+# Every risk below is a function of a few sums over the batch, per condition: the count of each role, the sum of l
+# over each role, and the sum of s over S. Computing the risks from these sums (instead of per-batch means) lets a
+# data-parallel run add the sums of every rank before the correction (``reduce``), so that W workers optimise
+# exactly what one worker with the same global batch would (docs/concepts.md, "Data-parallel training").
+COUNT_U, COUNT_S, COUNT_N, ERROR_U, ERROR_S, ERROR_N, SENSITIVE_S = range(7)
+NUM_STATISTICS = 7
+
+
+def risk_statistics(error: torch.Tensor, role: torch.Tensor, condition: torch.Tensor | None = None,
+                    num_conditions: int = 1) -> torch.Tensor:
+    """The batch's sufficient statistics, shape (num_conditions, 7), one row per condition (one row when
+    ``condition`` is None); columns COUNT_U, COUNT_S, COUNT_N (examples of each role), ERROR_U, ERROR_S, ERROR_N
+    (sum of l over each role) and SENSITIVE_S (sum of s(x) over S). Differentiable in ``error``."""
+    dtype = error.dtype
+    if condition is None:
+        by_condition = torch.ones(len(error), 1, dtype=dtype, device=error.device)
+    else:
+        by_condition = torch.nn.functional.one_hot(condition, num_conditions).to(dtype)
+    roles = torch.nn.functional.one_hot(role, 3).to(dtype)  # UNLABELED, LABELED_SENSITIVE, LABELED_NORMAL
+    sensitive = (sensitive_loss(error) * roles[:, LABELED_SENSITIVE]).unsqueeze(1)
+    return by_condition.T @ torch.cat([roles, roles * error.unsqueeze(1), sensitive], dim=1)
+
+
+def _per_role_mean(statistics: torch.Tensor, total: int, count: int) -> torch.Tensor:
+    return statistics[..., total] / statistics[..., count].clamp_min(1.0)
+
+
+def risk_from_statistics(method: str, statistics: torch.Tensor, *, beta: float | None = None,
+                         correction: str = "abs", eta: float = 1.0, paper_weighting: bool = True) -> Risk:
+    """The training risk of ``method`` from ``risk_statistics`` (summed over ranks in data-parallel training).
+
+    With several rows (conditions), PU and PNU risks are per condition (``conditional_pu_risk``); the baselines'
+    losses are sums over examples, so they use the rows' total.
+    """
+    if method not in METHODS:
+        raise ConfigError(f"unknown method {method!r}; allowed: {', '.join(METHODS)}")
+    pooled = statistics.sum(dim=0)
+    batch = pooled[COUNT_U] + pooled[COUNT_S] + pooled[COUNT_N]
+    nan = _nan(statistics)
+    if method == "unsupervised":
+        loss = pooled[ERROR_U] / (batch if paper_weighting else pooled[COUNT_U]).clamp_min(1.0)
+        return Risk(loss, nan, nan, nan)
+    if method == "supervised":
+        if paper_weighting:  # the batch mean of (1 - y) l + y s
+            positive, negative = pooled[SENSITIVE_S] / batch.clamp_min(1.0), pooled[ERROR_U] / batch.clamp_min(1.0)
+        else:
+            positive = _per_role_mean(pooled, SENSITIVE_S, COUNT_S)
+            negative = _per_role_mean(pooled, ERROR_U, COUNT_U)
+        return Risk(negative + positive, positive, negative, nan)
+    beta = float(beta) if beta is not None else math.nan
+    if not 0.0 < beta < 1.0:
+        raise ConfigError(f"beta={beta} is invalid: the class prior must be in (0, 1)")
+    if correction not in CORRECTIONS:
+        raise ConfigError(f"unknown correction {correction!r}; allowed: {', '.join(CORRECTIONS)}")
+    if method == "pnu" and eta < 0:
+        raise ConfigError(f"eta={eta} is invalid: the labeled-normal weight must be >= 0")
+    # One PU risk per row (condition), each corrected on its own; rows weighted by their share of the batch.
+    positive = beta * _per_role_mean(statistics, SENSITIVE_S, COUNT_S)
+    negative = _per_role_mean(statistics, ERROR_U, COUNT_U) - beta * _per_role_mean(statistics, ERROR_S, COUNT_S)
+    if correction == "abs":
+        loss = positive + negative.abs()
+    else:
+        loss = torch.where(negative >= 0, positive + negative, -negative)
+    normal = _per_role_mean(statistics, ERROR_N, COUNT_N)
+    if method == "pnu":
+        loss = loss + eta * normal
+    if len(statistics) == 1:  # exactly the unconditional formulas, no weights
+        return Risk(loss[0], positive[0], negative[0], normal[0] if method == "pnu" else nan)
+    weight = statistics[:, COUNT_U:COUNT_N + 1].sum(dim=1) / batch.clamp_min(1.0)
+    return Risk((weight * loss).sum(), (weight * positive).sum(), (weight * negative).sum(),
+                (weight * normal).sum() if method == "pnu" else nan)
+
+
+# ------------------------------------------------------------------------------- the risks, batch by batch
+
+
 def unsupervised_risk(error: torch.Tensor, role: torch.Tensor, paper_weighting: bool = True) -> Risk:
     """Standard DDPM training on U only: mean_U l(x) (Ho et al., 2020, L_simple with a summed error).
 
     With ``paper_weighting`` (default) the U examples' error is divided by the whole batch size, i.e. the batch
     mean of (1 - y) * l, as the paper's experiments computed it; otherwise by the number of U examples.
     """
-    is_unlabeled = role == UNLABELED
-    if paper_weighting:
-        loss = (error * is_unlabeled.to(error.dtype)).mean()
-    else:
-        loss = _masked_mean(error, is_unlabeled)
-    nan = _nan(error)
-    return Risk(loss, nan, nan, nan)
+    return training_risk("unsupervised", error, role, paper_weighting=paper_weighting)
 
 
 def supervised_risk(error: torch.Tensor, role: torch.Tensor, paper_weighting: bool = True) -> Risk:
@@ -116,18 +189,7 @@ def supervised_risk(error: torch.Tensor, role: torch.Tensor, paper_weighting: bo
     batch, as in the paper's experiments. False: mean_U l(x) + mean_S s(x), S weighted equally with U (this
     variant collapsed to all-sensitive samples on digits in a trial run; see docs/concepts.md).
     """
-    is_unlabeled = role == UNLABELED
-    is_sensitive = role == LABELED_SENSITIVE
-    s = sensitive_loss(error)
-    if paper_weighting:
-        loss = (error * is_unlabeled.to(error.dtype) + s * is_sensitive.to(error.dtype)).mean()
-        positive = (s * is_sensitive.to(error.dtype)).mean()
-        negative = (error * is_unlabeled.to(error.dtype)).mean()
-    else:
-        positive = _masked_mean(s, is_sensitive)
-        negative = _masked_mean(error, is_unlabeled)
-        loss = negative + positive
-    return Risk(loss, positive, negative, _nan(error))
+    return training_risk("supervised", error, role, paper_weighting=paper_weighting)
 
 
 def pu_risk(error: torch.Tensor, role: torch.Tensor, beta: float, correction: str) -> Risk:
@@ -141,19 +203,7 @@ def pu_risk(error: torch.Tensor, role: torch.Tensor, beta: float, correction: st
     The ``max`` branch for R- < 0 optimises -R- alone: its gradient pushes the estimated normal risk back up
     (the defining step of non-negative PU learning) instead of following a risk estimate that has gone negative.
     """
-    if not 0.0 < beta < 1.0:
-        raise ConfigError(f"beta={beta} is invalid: the class prior must be in (0, 1)")
-    if correction not in CORRECTIONS:
-        raise ConfigError(f"unknown correction {correction!r}; allowed: {', '.join(CORRECTIONS)}")
-    is_unlabeled = role == UNLABELED
-    is_sensitive = role == LABELED_SENSITIVE
-    positive = beta * _masked_mean(sensitive_loss(error), is_sensitive)
-    negative = _masked_mean(error, is_unlabeled) - beta * _masked_mean(error, is_sensitive)
-    if correction == "abs":
-        loss = positive + negative.abs()
-    else:
-        loss = torch.where(negative >= 0, positive + negative, -negative)
-    return Risk(loss, positive, negative, _nan(error))
+    return training_risk("pu", error, role, beta=beta, correction=correction)
 
 
 def conditional_pu_risk(error: torch.Tensor, role: torch.Tensor, condition: torch.Tensor, beta: float,
@@ -166,22 +216,8 @@ def conditional_pu_risk(error: torch.Tensor, role: torch.Tensor, condition: torc
     each with its own correction (a negative R-_c is corrected even when the batch-wide R- is positive). R+ and R-
     are reported as the same weighted sums. With one condition this is ``pu_risk`` exactly.
     """
-    total = torch.zeros((), dtype=error.dtype, device=error.device)
-    positive, negative, normal = torch.zeros_like(total), torch.zeros_like(total), torch.zeros_like(total)
-    n = float(len(error))
-    # Conditions are few (a split's conditions or prompts), so a loop over them is cheap; it keeps each
-    # condition's risk exactly the unconditional formula on its sub-batch.
-    for c in torch.unique(condition):
-        mask = condition == c
-        sub = (pu_risk(error[mask], role[mask], beta, correction) if eta is None
-               else pnu_risk(error[mask], role[mask], beta, correction, eta))
-        weight = mask.sum().to(error.dtype) / n
-        total = total + weight * sub.loss
-        positive = positive + weight * sub.positive_risk
-        negative = negative + weight * sub.negative_risk
-        if eta is not None:
-            normal = normal + weight * sub.labeled_normal_risk
-    return Risk(total, positive, negative, normal if eta is not None else _nan(error))
+    return training_risk("pu" if eta is None else "pnu", error, role, beta=beta, correction=correction,
+                         eta=1.0 if eta is None else eta, condition=condition)
 
 
 def pnu_risk(error: torch.Tensor, role: torch.Tensor, beta: float, correction: str, eta: float) -> Risk:
@@ -191,11 +227,7 @@ def pnu_risk(error: torch.Tensor, role: torch.Tensor, beta: float, correction: s
 
     The labeled normal examples (role LABELED_NORMAL) enter only through that term; U and S as in ``pu_risk``.
     """
-    if eta < 0:
-        raise ConfigError(f"eta={eta} is invalid: the labeled-normal weight must be >= 0")
-    pu = pu_risk(error, role, beta, correction)
-    normal = _masked_mean(error, role == LABELED_NORMAL)
-    return Risk(pu.loss + eta * normal, pu.positive_risk, pu.negative_risk, normal)
+    return training_risk("pnu", error, role, beta=beta, correction=correction, eta=eta)
 
 
 def nnpu_classifier_risk(logits: torch.Tensor, role: torch.Tensor, prior: float) -> Risk:
@@ -228,22 +260,22 @@ def training_risk(
     eta: float = 1.0,
     paper_weighting: bool = True,
     condition: torch.Tensor | None = None,
+    num_conditions: int | None = None,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Risk:
-    """Dispatch to the risk of ``method`` (one of METHODS).
+    """The risk of ``method`` (one of METHODS) on a batch: ``risk_from_statistics(risk_statistics(...))``.
 
-    ``condition`` (one integer per example: a class or prompt of a conditional model) makes PU and PNU risks
-    per-condition (``conditional_pu_risk``). The baselines' losses are per-example sums, which conditioning does
-    not change.
+    ``condition`` (one integer per example: a class or prompt of a conditional model; ``num_conditions`` of them,
+    default max + 1) makes PU and PNU risks per-condition (``conditional_pu_risk``). The baselines' losses are
+    per-example sums, which conditioning does not change. ``reduce`` combines the statistics of every data-parallel
+    rank (``training.distributed.global_sum``) before any risk is formed: the loss is then the global batch's.
     """
-    if condition is not None and method in METHODS_WITH_PRIOR:
-        return conditional_pu_risk(error, role, condition, float(beta), correction,
-                                   eta if method == "pnu" else None)
-    if method == "unsupervised":
-        return unsupervised_risk(error, role, paper_weighting)
-    if method == "supervised":
-        return supervised_risk(error, role, paper_weighting)
-    if method == "pu":
-        return pu_risk(error, role, float(beta), correction)
-    if method == "pnu":
-        return pnu_risk(error, role, float(beta), correction, eta)
-    raise ConfigError(f"unknown method {method!r}; allowed: {', '.join(METHODS)}")
+    per_condition = condition is not None and method in METHODS_WITH_PRIOR
+    if per_condition and num_conditions is None:
+        num_conditions = int(condition.max()) + 1 if len(condition) else 1
+    statistics = risk_statistics(error, role, condition if per_condition else None,
+                                 num_conditions if per_condition else 1)
+    if reduce is not None:
+        statistics = reduce(statistics)
+    return risk_from_statistics(method, statistics, beta=beta, correction=correction, eta=eta,
+                                paper_weighting=paper_weighting)
