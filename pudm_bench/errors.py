@@ -37,6 +37,10 @@ class DataNotFoundError(PudmError, FileNotFoundError):
     """A dataset's files are not where we looked."""
 
 
+class DataCorruptError(PudmError, ValueError):
+    """A dataset's files are where we looked but cannot be read (truncated, overwritten, another format)."""
+
+
 class NonFiniteLossError(PudmError, FloatingPointError):
     """Training produced a NaN or infinite loss; the run stops instead of writing a broken model."""
 

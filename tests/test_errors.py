@@ -117,6 +117,48 @@ def missing_fid_weights(tmp: Path) -> list[str]:
     return sweep("--quality", "fid")(tmp)
 
 
+def mnist_files(tmp: Path, damage: str) -> Path:
+    """DIR/in/data/MNIST/raw with all four files, damaged: "garbage" (not idx files) or "truncated" (an idx header
+    promising more images than the file holds)."""
+    from tests.dataset_files import write_mnist
+
+    root = tmp / "in" / "data"
+    write_mnist(root, [0, 1, 2, 3] * 5, [0, 1, 2, 3] * 5)
+    images = root / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    if damage == "garbage":
+        for path in images.parent.iterdir():
+            path.write_bytes(b"<html>not found</html>")
+    else:
+        images.write_bytes(images.read_bytes()[:1000])
+    return root
+
+
+def corrupt_cifar10(tmp: Path) -> list[str]:
+    root = tmp / "in" / "data"
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]:
+        write(root / "cifar-10-batches-py" / name, "overwritten")
+    return sweep("--split", "cifar10_vehicles", "--data-dir", str(root))(tmp)
+
+
+def unreadable_image(tmp: Path) -> list[str]:
+    from tests.dataset_files import write_imagefolder
+
+    folder = tmp / "in" / "pets"
+    write_imagefolder(folder, {"cats": 40, "dogs": 30}, size=(8, 8), channels=1)
+    write(folder / "cats" / "img_007.png", "this is not a PNG")
+    split = write(tmp / "in" / "splits" / "pets.yaml", (
+        "name: pets\ndataset: imagefolder\nnormal_classes: [cats]\nsensitive_classes: [dogs]\n"
+        "counts: {unlabeled_normal: 20, unlabeled_sensitive: 4, labeled_sensitive: 8, normal_test: all}\n"
+        f"dataset_root: {folder}\ndataset_options: {{channels: 1, image_size: 8}}\nimage_size: 8\nchannels: 1\n"
+        "model_preset: digits\n"))
+    return ["validate", str(split)]
+
+
+def local_cluster(*extra: str) -> Callable[[Path], list[str]]:
+    """A run on the local cluster of 2 CPUs (--num-cpus: the same on every machine)."""
+    return sweep("--num-cpus", "2", *extra)
+
+
 CASES = [
     # CLI flags
     Case("unknown-split", "CLI flag", "sweep", sweep("--split", "digits_evn"), "did you mean 'digits_even'"),
@@ -197,9 +239,57 @@ CASES = [
          "'min'"),
     Case("space-malformed-yaml", "search-space YAML", "sweep", with_space("  beta: {kind: uniform, low: 0.05\n"),
          "malformed YAML"),
+    # resources a trial asks for, checked against the cluster before any work (it would otherwise wait forever)
+    Case("workers-beyond-the-cluster", "resources", "sweep",
+         local_cluster("--workers-per-trial", "4", "--cpus-per-worker", "1"),
+         "a trial needs 4 Train workers x 1 CPU each, but the local cluster has 2 CPUs and 0 GPUs"),
+    Case("worker-larger-than-a-node", "resources", "sweep", local_cluster("--cpus-per-worker", "4"),
+         "a trial needs 1 Train worker x 4 CPU each, but the local cluster has 2 CPUs"),
+    Case("gpus-the-cluster-lacks", "resources", "sweep", local_cluster("--gpus-per-worker", "64"),
+         "x 0.99 CPU + 64 GPU each, but the local cluster has 2 CPUs and 0 GPUs"),
+    Case("benchmark-workers-beyond-the-cluster", "resources", "benchmark",
+         lambda tmp: ["--suite", "digits", "--storage", str(tmp / "store"), "--num-cpus", "2",
+                      "--workers-per-trial", "4", "--cpus-per-worker", "1"], "so it could never start"),
+    Case("workers-do-not-divide-the-batch", "resources", "sweep",
+         local_cluster("--workers-per-trial", "3", "--cpus-per-worker", "0.5"),
+         "--workers-per-trial=3 does not divide the global batch of 32 (the smoke budget on digits_even)"),
+    Case("placement-timeout-not-positive", "resources", "sweep", sweep("--placement-timeout", "0"),
+         "--placement-timeout=0.0 is invalid"),
+    Case("ray-address-nothing-answers", "resources", "sweep", sweep("--ray-address", "127.0.0.1:9"),
+         "no Ray cluster answers at 127.0.0.1:9"),
+    # where results and data go: found before any work
+    Case("storage-cannot-be-created", "CLI flag", "sweep",
+         lambda tmp: ["--budget", "smoke", "--storage", "/proc/pudm-runs"], "cannot create /proc/pudm-runs"),
+    Case("mlflow-store-is-a-folder", "CLI flag", "sweep",
+         lambda tmp: sweep("--mlflow-uri", f"sqlite:///{(tmp / 'in' / 'store.db').mkdir(parents=True) or tmp / 'in' / 'store.db'}")(tmp),
+         "is not a writable file"),
+    Case("mlflow-store-under-a-file", "CLI flag", "sweep",
+         lambda tmp: sweep("--mlflow-uri", f"sqlite:///{write(tmp / 'in' / 'afile', 'x')}/mlflow.db")(tmp),
+         "afile is not a writable folder"),
+    Case("mlflow-unknown-scheme", "CLI flag", "sweep", sweep("--mlflow-uri", "ftp://127.0.0.1/mlflow"),
+         "MLflow cannot use it as a tracking store"),
+    Case("data-dir-is-a-file", "CLI flag", "sweep",
+         lambda tmp: sweep("--split", "mnist_even_16", "--data-dir", str(write(tmp / "in" / "data", "x")))(tmp),
+         "is a file, not a folder"),
+    # data files that exist but cannot be read
+    Case("mnist-files-not-idx", "data", "sweep",
+         lambda tmp: sweep("--split", "mnist_even_16", "--data-dir", str(mnist_files(tmp, "garbage")))(tmp),
+         "are present but unreadable"),
+    Case("mnist-images-truncated", "data", "sweep",
+         lambda tmp: sweep("--split", "mnist_even_16", "--data-dir", str(mnist_files(tmp, "truncated")))(tmp),
+         "are present but unreadable"),
+    Case("validate-corrupt-mnist", "data", "splits",
+         lambda tmp: ["validate", str(REPO / "benchmarks" / "splits" / "mnist_even_16.yaml"), "--data-dir",
+                      str(mnist_files(tmp, "truncated"))], "are present but unreadable"),
+    Case("cifar10-files-overwritten", "data", "sweep", corrupt_cifar10, "are present but unreadable"),
+    Case("image-folder-unreadable-image", "data", "splits", unreadable_image, "img_007.png cannot be read"),
     # data and files
     Case("dataset-missing-no-download", "data", "sweep",
-         lambda tmp: sweep("--split", "mnist_even", "--data-dir", str(tmp / "in" / "data"))(tmp), "--download"),
+         lambda tmp: sweep("--split", "mnist_even", "--data-dir", str(write(tmp / "in" / "data" / "README", "").parent))(tmp),
+         "no complete copy found"),
+    Case("data-dir-missing", "data", "sweep",
+         lambda tmp: sweep("--split", "mnist_even", "--data-dir", str(tmp / "in" / "data"))(tmp),
+         "does not exist; give the folder that holds the datasets, or add --download"),
     Case("fid-weights-missing", "data", "sweep", missing_fid_weights, "Inception weights for FID not found"),
     Case("corrupt-checkpoint", "data", "train", corrupt_checkpoint, "is unreadable"),
     # resume
@@ -246,7 +336,7 @@ def test_bad_input_is_one_line_and_writes_nothing(case, tmp_path, monkeypatch, c
 
 def test_there_are_at_least_twenty_cases_across_all_areas():
     assert len(CASES) >= 20 and len({c.id for c in CASES}) == len(CASES)
-    assert {c.area for c in CASES} == {"CLI flag", "split YAML", "search-space YAML", "data", "resume"}
+    assert {c.area for c in CASES} == {"CLI flag", "split YAML", "search-space YAML", "data", "resume", "resources"}
 
 
 def doc_table(tmp_root: Path, capsys, monkeypatch) -> str:
@@ -258,7 +348,7 @@ def doc_table(tmp_root: Path, capsys, monkeypatch) -> str:
         monkeypatch.setenv("TORCH_HOME", os.environ.get("TORCH_HOME", ""))
         argv = case.args(tmp)
         code, err, _, _ = run_case(Case(case.id, case.area, case.cli, lambda _t, a=argv: a, case.expect), tmp, capsys)
-        shown = " ".join(argv).replace(str(tmp), "DIR")
+        shown = " ".join(argv).replace(str(tmp), "DIR").replace(str(REPO), "REPO")
         message = err.replace(str(tmp), "DIR").replace(str(REPO), "REPO").replace("|", "\\|")
         rows.append(f"| {case.id} | {case.area} | `{case.cli} {shown}` | {message} |")
     return "\n".join(rows)

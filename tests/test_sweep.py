@@ -369,9 +369,11 @@ def test_every_trial_is_scored_from_its_samples(digits_sweep):
         assert_rate_is_a_scored_count(metrics, int(metrics["num_samples"]))
         assert metrics["fd_classifier"] >= 0 and metrics["referee_balanced_accuracy"] >= 0.9
         assert metrics["class_referee_balanced_accuracy"] >= 0.9
-        # precision: the share of the scored samples inside the real images' manifold, a count of them
-        assert metrics["precision"] * metrics["num_samples"] == pytest.approx(round(metrics["precision"] * metrics["num_samples"]))
-        assert 0.0 < metrics["recall"] <= 1.0
+        # precision and recall: shares of n = min(samples, real images) = the samples, each a count of them (a smoke
+        # model's samples may cover no real image at all: recall 0 is a valid score, not a failure)
+        for name in ("precision", "recall"):
+            assert 0.0 <= metrics[name] <= 1.0
+            assert metrics[name] * metrics["num_samples"] == pytest.approx(round(metrics[name] * metrics["num_samples"]))
         assert 0.0 <= metrics["realistic_non_sensitive_rate"] <= metrics["non_sensitive_rate"]
         assert {"samples.png", "coverage.json", "coverage.png"} <= {a.path for a in client.list_artifacts(child.info.run_id)}
 

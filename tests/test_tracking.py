@@ -255,8 +255,13 @@ def test_reachable_server_answers_health():
 def test_sqlite_store_location_is_checked(tmp_path):
     check_tracking_reachable(f"sqlite:///{tmp_path}/new/folder/mlflow.db")  # creatable
     (tmp_path / "afile").write_text("x")
-    with pytest.raises(ConfigError, match="not writable"):
+    with pytest.raises(ConfigError, match="afile is not a writable folder"):
         check_tracking_reachable(f"sqlite:///{tmp_path}/afile/mlflow.db")
+    (tmp_path / "adir.db").mkdir()
+    with pytest.raises(ConfigError, match="is not a writable file"):
+        check_tracking_reachable(f"sqlite:///{tmp_path}/adir.db")
+    with pytest.raises(ConfigError, match="MLflow cannot use it as a tracking store"):
+        check_tracking_reachable("ftp://127.0.0.1/store")
 
 
 def test_experiments_open_on_the_runs_table_in_the_mlflow_ui(store):

@@ -19,9 +19,9 @@ from typing import Sequence
 from pudm_bench.cli.common import add_execution_arguments, run_command
 from pudm_bench.errors import ArgumentParser, ConfigError
 from pudm_bench.orchestration.plan import plan
-from pudm_bench.orchestration.settings import BenchmarkSettings, pretrained_source, resolve_execution
+from pudm_bench.orchestration.settings import BenchmarkSettings, pretrained_source, resolve_budget, resolve_execution
 from pudm_bench.results.tables import markdown_table, read_runs, summary_table
-from pudm_bench.search.budgets import BUDGETS
+from pudm_bench.search.budgets import BUDGET_CHOICES
 from pudm_bench.search.pareto import RATE
 from pudm_bench.search.suites import Plan, Suite, load_suite, suite_files
 
@@ -42,7 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--merge", nargs="+", default=None, metavar="RUNS_CSV",
                    help="no training: the table of the suite from these parts' benchmark_runs.csv files (written "
                         "with --seeds covering every part, e.g. --seeds 3), into <storage>/<name>/")
-    p.add_argument("--budget", default=None, choices=BUDGETS, help="training length and evaluation size (default: the suite's)")
+    p.add_argument("--budget", default=None, choices=BUDGET_CHOICES,
+                   help="training length and evaluation size (default: the suite's); auto: cpu on a cluster "
+                        "without GPUs, paper on one with GPUs")
     p.add_argument("--splits-dir", action="append", default=[], metavar="DIR", help="extra folder of split YAMLs (repeatable)")
     p.add_argument("--experiment", default=None, help="MLflow experiment (default: pudm-benchmark-<suite>)")
     p.add_argument("--name", default=None, help="benchmark name (default: <suite>-<budget>-x<seeds>)")
@@ -70,12 +72,13 @@ def settings_from_args(args: argparse.Namespace, suite: Suite) -> BenchmarkSetti
     seeds = args.seeds if args.seeds is not None else suite.seeds
     if seeds < 1:
         raise ConfigError(f"--seeds={seeds} is invalid: expected an integer >= 1")
-    budget = args.budget or suite.budget
+    budget, budget_choice = resolve_budget(args.budget or suite.budget, args)
     if args.first_seed < 0:
         raise ConfigError(f"--first-seed={args.first_seed} is invalid: expected an integer >= 0")
     part = f"-from{args.first_seed}" if args.first_seed else ""
     execution = resolve_execution(args, name=args.name or f"{suite.name}-{budget}-x{seeds}{part}",
-                                  experiment=args.experiment or f"pudm-benchmark-{suite.name}", budget=budget)
+                                  experiment=args.experiment or f"pudm-benchmark-{suite.name}", budget=budget,
+                                  budget_choice=budget_choice)
     return BenchmarkSettings(**execution, suite=suite.name, suite_file=str(Path(suite.source).resolve()), seeds=seeds,
                              pretrained=_pretrained_pairs(args.pretrained), first_seed=args.first_seed)
 

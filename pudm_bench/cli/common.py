@@ -41,6 +41,11 @@ def add_execution_arguments(p: argparse.ArgumentParser, pretrained_per_dataset: 
     p.add_argument("--mlflow-uri", default=None, help="tracking URI (default: sqlite:///<cwd>/mlflow.db)")
     p.add_argument("--ray-address", default=None, help="'auto' joins a running cluster; default starts a local one")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray cluster (default: all)")
+    p.add_argument("--placement-timeout", type=float, default=None, metavar="SECONDS",
+                   help="longest wait for a trial's Train workers to be placed; default: a trial that could never "
+                        "be placed is refused before any work on a fixed cluster (the local one, or one without an "
+                        "autoscaler), and waits up to 600 s on one that can grow. Given: the cluster is taken to "
+                        "grow (a warning instead of a refusal)")
     p.add_argument("--storage", default="pudm_runs", metavar="PATH",
                    help="run storage: checkpoints, Tune state, caches (a shared filesystem path on clusters)")
     p.add_argument("--max-failures", type=int, default=1, help="restarts of a trial whose workers failed or died, from its last checkpoint "

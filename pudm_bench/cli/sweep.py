@@ -14,8 +14,10 @@ import pandas as pd
 from pudm_bench.cli.common import add_execution_arguments, run_command
 from pudm_bench.data.splits import QUALITY_METRICS, get_split, load_registry
 from pudm_bench.errors import ArgumentParser, ConfigError, unknown_name
-from pudm_bench.orchestration.settings import SweepSettings, at_least, pretrained_source, resolve_execution
-from pudm_bench.search.budgets import BUDGETS, budget_for, default_constraints
+from pudm_bench.orchestration.placement import ClusterShape, cluster_shape, plan_placement
+from pudm_bench.orchestration.settings import (SweepSettings, at_least, pretrained_source, resolve_budget,
+                                                 resolve_execution)
+from pudm_bench.search.budgets import BUDGET_CHOICES, budget_for, default_constraints, describe
 from pudm_bench.search.pareto import DEFAULT_CONSTRAINTS, METRIC_DIRECTIONS, RATE, parse_constraint
 from pudm_bench.search.space import BASELINE_METHODS, DEFAULT_SEARCH_SPACE, load_search_space
 
@@ -52,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not keep trials off the front that drop a normal class or whose samples are mostly off "
                         "the real-image manifold (" + ", ".join(DEFAULT_CONSTRAINTS) + "; docs/metrics.md)")
     p.add_argument("--trials", type=int, default=6, help="searched trials (baselines come on top)")
-    p.add_argument("--budget", default="cpu", choices=BUDGETS, help="training length and evaluation size")
+    p.add_argument("--budget", default="auto", choices=BUDGET_CHOICES,
+                   help="training length and evaluation size; auto: cpu on a cluster without GPUs, paper (the "
+                        "paper's model and schedule) on one with GPUs")
     p.add_argument("--seed", type=int, default=0, help="seeds the Optuna sampler and every trial")
     p.add_argument("--sampler", default="tpe", choices=OPTUNA_SAMPLERS, help="Optuna sampler")
     p.add_argument("--baselines", action=argparse.BooleanOptionalAction, default=True,
@@ -85,15 +89,16 @@ def settings_from_args(args: argparse.Namespace) -> SweepSettings:
     at_least("--trials", args.trials)
     quality = args.quality or split.quality_metric
     objectives = tuple(dict.fromkeys(check_objective(m, quality) for m in args.objective))
-    constraints = list(default_constraints(split, budget_for(args.budget, split))) if args.default_constraints else []
+    budget, budget_choice = resolve_budget(args.budget, args)
+    constraints = list(default_constraints(split, budget_for(budget, split))) if args.default_constraints else []
     for text in args.constraint:
         try:
             constraints.append(str(parse_constraint(text, METRIC_DIRECTIONS)))
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-    name = args.name or f"{split.name}-{search_space.stem}-{args.budget}-s{args.seed}"
+    name = args.name or f"{split.name}-{search_space.stem}-{budget}-s{args.seed}"
     execution = resolve_execution(args, name=name, experiment=args.experiment or f"pudm-{split.name}",
-                                  budget=args.budget)
+                                  budget=budget, budget_choice=budget_choice)
     return SweepSettings(
         **execution, split=split.name, search_space=str(search_space.resolve()),
         search_space_fingerprint=space.fingerprint(), quality=quality, trials=args.trials, seed=args.seed,
@@ -161,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     if args.dry_run:
-        print(json.dumps(dry_run(settings), indent=2, default=str))
+        print(json.dumps(dry_run(settings, cluster_shape(args.ray_address, args.num_cpus)), indent=2, default=str))
         return 0
     from pudm_bench.orchestration.sweep import run_sweep  # imports Ray: not for --help, a dry run or bad input
 
@@ -171,20 +176,28 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def dry_run(settings: SweepSettings) -> dict[str, Any]:
-    """The resolved sweep, its trials' resources and where results go (``--dry-run``; nothing is written)."""
+def dry_run(settings: SweepSettings, shape: ClusterShape) -> dict[str, Any]:
+    """The resolved sweep, its trials' resources and where results go (``--dry-run``; nothing is written). A trial
+    that could never be placed on ``shape`` is refused here too."""
     from pudm_bench.tracking import redact
 
+    placement = plan_placement(settings, shape)
     split = get_split(settings.split, settings.splits_dirs)
     space = load_search_space(settings.search_space)
+    budget = budget_for(settings.budget, split)
+    runs = settings.trials + (len(BASELINE_METHODS) if settings.baselines else 0)
     return {
         "settings": {**asdict(settings), "mlflow_uri": redact(settings.mlflow_uri)},
-        "budget": asdict(budget_for(settings.budget, split)),
+        "budget": asdict(budget),
+        "plan": describe(budget, split, runs, settings.budget_choice, gpus=placement.gpus_per_worker),
         "search_space": {k: repr(v) for k, v in space.params.items()},
         "trials": {"searched": settings.trials, "baselines": list(BASELINE_METHODS) if settings.baselines else []},
         "resources_per_trial": {"train_workers": settings.workers_per_trial,
                                 "cpus_per_worker": settings.cpus_per_worker,
-                                "gpus_per_worker": settings.gpus_per_worker},
+                                "gpus_per_worker": placement.gpus_per_worker,
+                                "placement_timeout_s": placement.timeout_s},
+        "cluster": shape.describe(),
+        "placement_warning": placement.warning,
         "results": {"sweep_dir": str(settings.run_dir), "mlflow_uri": redact(settings.mlflow_uri),
                     "experiment": settings.experiment},
     }

@@ -26,7 +26,7 @@ from pudm_bench.data.base import (
     get_dataset,
     register_dataset,
 )
-from pudm_bench.errors import ConfigError, DataNotFoundError, unknown_name
+from pudm_bench.errors import ConfigError, DataCorruptError, DataNotFoundError, PudmError, unknown_name
 
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -96,9 +96,12 @@ def _first_line(error: BaseException) -> str:
 PartReader = Callable[[Path, str, bool, Mapping], ImageSource]
 
 
-def _torchvision_loader(name: str, folder: str, read_part: PartReader) -> Callable[..., DatasetParts]:
-    """An adapter's ``load`` around a torchvision class: its multi-line "not found" and download errors become
-    one-line ``DataNotFoundError``s naming ``<root>/<folder>``, the place torchvision looks."""
+def _torchvision_loader(name: str, folder: str, files: tuple[str, ...],
+                        read_part: PartReader) -> Callable[..., DatasetParts]:
+    """An adapter's ``load`` around a torchvision class: its multi-line errors become one line naming
+    ``<root>/<folder>``, the place torchvision looks: ``DataNotFoundError`` when some of ``files`` are missing there,
+    ``DataCorruptError`` when all are present but torchvision cannot read them (truncated or overwritten files fail
+    its md5 check or its parser)."""
 
     def load(root: Path | None, download: bool, options: Mapping) -> DatasetParts:
         adapter = get_dataset(name)
@@ -113,15 +116,24 @@ def _torchvision_loader(name: str, folder: str, read_part: PartReader) -> Callab
         try:
             train = read_part(Path(root), "train", download, options)
             test = read_part(Path(root), "test", download, options)
-        except (RuntimeError, OSError) as error:
+        except Exception as error:  # torchvision raises RuntimeError, OSError, AssertionError, ValueError, ...
+            if isinstance(error, PudmError):
+                raise
             if download:
                 raise DataNotFoundError(
                     f"dataset {name}: download into {looked_in} failed ({_first_line(error)}); check the network, "
                     f"or put the files there yourself and run without --download"
                 ) from error
+            missing = [f for f in files if not (looked_in / f).exists()]
+            if not missing:
+                raise DataCorruptError(
+                    f"dataset {name}: the files in {looked_in} are present but unreadable ({_first_line(error)}); "
+                    "they are truncated or not the dataset's: delete them and fetch them again (--download)"
+                ) from error
             raise DataNotFoundError(
-                f"dataset {name}: no complete copy found in {looked_in} (files missing or corrupted); pass "
-                f"--download to fetch it, or --data-dir DIR pointing at a folder that contains {folder}"
+                f"dataset {name}: no complete copy found in {looked_in} (missing: {', '.join(missing[:3])}"
+                f"{', ...' if len(missing) > 3 else ''}); pass --download to fetch it, or --data-dir DIR pointing at "
+                f"a folder that contains {folder}"
             ) from error
         return DatasetParts(train=train, test=test)
 
@@ -261,8 +273,11 @@ def _check_one_size(paths: Sequence[Path]) -> None:
     """Images go into one tensor, so without a target size they must already agree; headers suffice to tell."""
     first_size = None
     for path in paths:
-        with Image.open(path) as image:
-            size = image.size
+        try:
+            with Image.open(path) as image:
+                size = image.size
+        except OSError as error:
+            raise DataCorruptError(f"image {path} cannot be read ({_first_line(error)}); replace or remove it") from None
         if first_size is None:
             first_size = (paths[0], size)
         elif size != first_size[1]:
@@ -276,11 +291,14 @@ def _check_one_size(paths: Sequence[Path]) -> None:
 def image_reader(channels: int, size: int | None) -> Callable[[Path], np.ndarray]:
     """One image file -> uint8 (C, H, W): grey or RGB, centre-cropped and resized to ``size`` when given."""
     def read(path: Path) -> np.ndarray:
-        with Image.open(path) as image:
-            image = image.convert("L" if channels == 1 else "RGB")
-            if size is not None:
-                image = _center_square(image).resize((size, size), Image.Resampling.BICUBIC)
-            return _to_chw(image)
+        try:
+            with Image.open(path) as image:
+                image = image.convert("L" if channels == 1 else "RGB")
+                if size is not None:
+                    image = _center_square(image).resize((size, size), Image.Resampling.BICUBIC)
+                return _to_chw(image)
+        except OSError as error:  # PIL's UnidentifiedImageError, a truncated file
+            raise DataCorruptError(f"image {path} cannot be read ({_first_line(error)}); replace or remove it") from None
 
     return read
 
@@ -341,25 +359,30 @@ DIGITS = DatasetAdapter(
 )
 MNIST = DatasetAdapter(
     name="mnist",
-    load=_torchvision_loader("mnist", "MNIST/raw", _read_mnist),
+    load=_torchvision_loader("mnist", "MNIST/raw", tuple(f"{part}-{kind}-ubyte" for part in ("train", "t10k")
+                                                         for kind in ("images-idx3", "labels-idx1")), _read_mnist),
     class_names=_fixed_names("mnist", DIGIT_NAMES),
     description="MNIST 28x28 grey digits via torchvision (MNIST/raw)",
 )
 CIFAR10 = DatasetAdapter(
     name="cifar10",
-    load=_torchvision_loader("cifar10", "cifar-10-batches-py", _read_cifar10),
+    load=_torchvision_loader("cifar10", "cifar-10-batches-py",
+                             tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "batches.meta"),
+                             _read_cifar10),
     class_names=_fixed_names("cifar10", CIFAR10_CLASSES),
     description="CIFAR-10 32x32 colour images via torchvision (cifar-10-batches-py)",
 )
 STL10 = DatasetAdapter(
     name="stl10",
-    load=_torchvision_loader("stl10", "stl10_binary", _read_stl10),
+    load=_torchvision_loader("stl10", "stl10_binary", ("train_X.bin", "train_y.bin", "test_X.bin", "test_y.bin"),
+                             _read_stl10),
     class_names=_fixed_names("stl10", STL10_CLASSES),
     description="STL-10 96x96 colour images, labelled train/test via torchvision (stl10_binary)",
 )
 CELEBA = DatasetAdapter(
     name="celeba",
-    load=_torchvision_loader("celeba", "celeba", _read_celeba),
+    load=_torchvision_loader("celeba", "celeba", ("list_attr_celeba.txt", "list_eval_partition.txt",
+                                                  "img_align_celeba"), _read_celeba),
     class_names=_celeba_class_names,
     option_names=("attribute",),
     description="CelebA aligned faces via torchvision, centre-cropped to 178x178; labels from one attribute (Male)",

@@ -5,15 +5,18 @@ one MLflow parent run of kind "benchmark" with a child run per training run."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 
 from pudm_bench.orchestration.cluster import start_ray
+from pudm_bench.orchestration.placement import check_batch, cluster_shape, plan_placement
 from pudm_bench.orchestration.plan import plan
-from pudm_bench.orchestration.preflight import preflight, prepare_scoring
+from pudm_bench.orchestration.preflight import preflight, prepare_scoring, say
 from pudm_bench.orchestration.runner import run_cells, start_parent_run
 from pudm_bench.orchestration.settings import BenchmarkSettings
 from pudm_bench.results.tables import markdown_table, runs_frame, summary_table, table_metrics, write_sample_grids
 from pudm_bench.scoring.evaluate import EvalConfig
+from pudm_bench.search.budgets import budget_for, describe
 from pudm_bench.search.pareto import RATE
 from pudm_bench.search.suites import load_suite
 from pudm_bench.tracking import redact
@@ -26,14 +29,24 @@ def run_benchmark(settings: BenchmarkSettings, resume: bool = False, ray_address
     # Everything that can fail on bad input, before Ray starts: the resume check, storage and tracking store, then
     # data present with the right counts, referees strong enough, FID weights where a split scores with FID.
     preflight(settings, resume)
+    for cell_id, cell in the_plan.cells.items():
+        check_batch(cell["train_config"]["batch_size"], settings.workers_per_trial, cell_id)
+    placement = plan_placement(settings, cluster_shape(ray_address, num_cpus))  # refused here if it can never run
+    for split in the_plan.splits.values():
+        runs = sum(1 for c in the_plan.cells.values() if c["params"]["split"] == split.name)
+        say(f"{split.name}: " + describe(budget_for(settings.budget, split), split, runs, settings.budget_choice,
+                                         placement.gpus_per_worker))
+    if placement.warning:
+        say(f"warning: {placement.warning}")
+    settings = replace(settings, gpus_per_worker=placement.gpus_per_worker, placement_timeout=placement.timeout_s)
     fingerprints = {}
     for split in the_plan.splits.values():
         evaluation = EvalConfig(**next(c["eval_config"] for c in the_plan.cells.values()
                                        if c["params"]["split"] == split.name))
-        fingerprints[split.name] = prepare_scoring(split, evaluation, settings.data_dir, settings.download)
+        fingerprints[split.name] = prepare_scoring(split, evaluation, settings)
 
-    has_gpus = start_ray(ray_address, num_cpus, verbose)
-    gpus = settings.gpus_per_worker if settings.gpus_per_worker is not None else (1.0 if has_gpus else 0.0)
+    start_ray(ray_address, num_cpus, verbose)
+    gpus = placement.gpus_per_worker
     tracker, parent_id, _ = start_parent_run(
         settings,
         tags={"pudm.suite": suite.name, "pudm.splits": ",".join(suite.splits),

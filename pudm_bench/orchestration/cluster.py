@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
+import tempfile
+from pathlib import Path
 
 import ray
+
+from pudm_bench.errors import ConfigError
+from pudm_bench.orchestration.placement import ClusterShape
 
 DASHBOARD_PORT = 8265  # Ray's default
 
@@ -54,3 +60,59 @@ def dashboard_port(host: str = "127.0.0.1") -> int:
                 continue
             return probe.getsockname()[1]
     return DASHBOARD_PORT
+
+
+def remote_shape(address: str) -> ClusterShape:
+    """The alive nodes of the cluster at ``address`` and whether an autoscaler may grow it; the cluster is joined to
+    read them and left again (unless this process had already joined it)."""
+    joined_here = not ray.is_initialized()
+    if joined_here:
+        check_ray_address(address)
+        try:
+            # Quiet: a refusal below must stay one line (Ray logs "Connecting to existing Ray cluster" at INFO).
+            ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
+        except ConnectionError as exc:
+            raise ConfigError(f"--ray-address={address!r}: no Ray cluster answers there ({exc}); start one with "
+                              "`ray start --head`, or leave --ray-address out for a local cluster") from None
+    try:
+        nodes = tuple({k: float(v) for k, v in node["Resources"].items()} for node in ray.nodes() if node["Alive"])
+        return ClusterShape(nodes=nodes, can_grow=_can_grow(), where=f"the cluster at {address}")
+    finally:
+        if joined_here:
+            ray.shutdown()
+
+
+def _can_grow() -> bool | None:
+    """Whether the cluster's autoscaler may add nodes: its node groups' limits, as Ray Data reads them (Ray exposes
+    no public API for this in 2.60, hence the guarded private call); None when they cannot be read. A cluster
+    started with ``ray start`` and no autoscaler has no node groups: False."""
+    try:
+        from ray._private.state import state
+
+        config = state.get_cluster_config()
+    except Exception:  # another Ray version
+        return None
+    if not config or not config.node_group_configs:
+        return False
+    return any(group.max_count == -1 or group.max_count > group.min_count
+               for group in config.node_group_configs if group.resources and group.max_count != 0)
+
+
+def check_ray_address(address: str) -> None:
+    """Refuse, within seconds, an address where no cluster answers: ``ray.init`` would retry for minutes first.
+    ``auto``: the cluster this machine's ``ray start`` recorded."""
+    given = address
+    if address == "auto":
+        record = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+        if not record.is_file():
+            raise ConfigError("--ray-address=auto: no Ray cluster was started on this machine (`ray start --head` "
+                              "records one); pass HOST:PORT of the cluster's head, or leave --ray-address out for a "
+                              "local cluster")
+        address = record.read_text().strip()
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=3).close()
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        raise ConfigError(f"--ray-address={given}: no Ray cluster answers at {address} ({reason}); start one with "
+                          "`ray start --head`, or leave --ray-address out for a local cluster") from None

@@ -32,10 +32,20 @@ def preflight(settings: ExecutionSettings, resume: bool) -> None:
     tracking.check_tracking_reachable(settings.mlflow_uri)
 
 
-def prepare_scoring(split: SplitSpec, evaluation: EvalConfig, data_dir: str | None, download: bool) -> str:
+def make_run_dir(run_dir: Path, storage: str) -> None:
+    """The run's folder under --storage, made once every input has been checked: the first thing a run writes."""
+    try:
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--storage={storage!r}: cannot create {run_dir} ({exc.strerror or exc}); give a folder "
+                          "you can write") from None
+
+
+def prepare_scoring(split: SplitSpec, evaluation: EvalConfig, settings: ExecutionSettings) -> str:
     """What every trial's scoring needs, made once in the driver before Ray starts, one line per step: the split
-    (data present, counts), the referee (refused below the floor), the per-class referee, the FID weights and
-    reference statistics when Inception is used. Returns the split's fingerprint."""
+    (data present and readable, counts), the run's folder, the referee (refused below the floor), the per-class
+    referee, the FID weights and reference statistics when Inception is used. Returns the split's fingerprint."""
+    data_dir, download = settings.data_dir, settings.download
     built = build_split(split, data_dir=data_dir, download=download)
     say(f"split {split.name}: U {len(built.unlabeled):,} images ({int(built.unlabeled_is_sensitive.sum()):,} "
         f"sensitive), S {len(built.labeled_sensitive):,}, normal test {len(built.normal_test):,}, fingerprint "
@@ -45,6 +55,7 @@ def prepare_scoring(split: SplitSpec, evaluation: EvalConfig, data_dir: str | No
         from pudm_bench.scoring.fid import resolve_fid_weights, statistics_cached
 
         weights, provenance = resolve_fid_weights(evaluation.fid_weights)
+    make_run_dir(settings.run_dir, settings.storage)  # every input checked: the first write
     referee = get_referee(split, data_dir=data_dir, download=download, cache_dir=evaluation.cache_dir,
                           path=evaluation.referee_path, epochs=evaluation.referee_epochs,
                           log=lambda line: say(f"{split.name} referee (normal vs sensitive): {line}"))

@@ -89,7 +89,8 @@ def run_cells(cells: dict[str, dict[str, Any]], settings: ExecutionSettings, *, 
     trainable = tune.with_resources(
         tune.with_parameters(run_cell_trial, cells=cells, storage_dir=str(run_dir / "train"),
                              workers=settings.workers_per_trial, cpus_per_worker=settings.cpus_per_worker,
-                             gpus_per_worker=gpus_per_worker, max_failures=settings.max_failures),
+                             gpus_per_worker=gpus_per_worker, max_failures=settings.max_failures,
+                             placement_timeout=settings.placement_timeout),
         {"cpu": TRIAL_DRIVER_CPU})
     records = fit_tuner(
         trainable, run_dir, resume=resume,

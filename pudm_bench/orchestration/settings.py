@@ -45,13 +45,17 @@ class ExecutionSettings:
     max_failures: int = 1
     referee_floor: float = 0.9
     referee_epochs: int | None = None  # None: the budget's choice
+    budget_choice: str = "requested"  # why this budget: "requested", or what --budget auto found
+    # Seconds a trial's workers may wait to be placed; None: refuse up front on a fixed cluster, 600 s on one that
+    # can grow (orchestration.placement).
+    placement_timeout: float | None = None
 
     KIND: ClassVar[str] = "run"
     STATE_FILE: ClassVar[str] = "state.json"
     # Fields that may differ between a run and its resumption: where it is tracked and how it is scheduled, not
     # what it computes.
     RESUMABLE: ClassVar[tuple[str, ...]] = ("max_concurrent", "mlflow_uri", "data_dir", "download", "max_failures",
-                                            "gpus_per_worker")
+                                            "gpus_per_worker", "budget_choice", "placement_timeout")
 
     @property
     def run_dir(self) -> Path:
@@ -135,7 +139,8 @@ def at_least(flag: str, value: float, minimum: float = 1) -> None:
         raise ConfigError(f"{flag}={value} is invalid: expected a number >= {minimum}")
 
 
-def resolve_execution(args: argparse.Namespace, *, name: str, experiment: str, budget: str) -> dict[str, Any]:
+def resolve_execution(args: argparse.Namespace, *, name: str, experiment: str, budget: str,
+                      budget_choice: str = "requested") -> dict[str, Any]:
     """The ``ExecutionSettings`` fields from parsed arguments, each checked with a one-line error naming the option:
     the name and experiment (folder-safe), the storage (an absolute filesystem path), the tracking URI, trial
     resources and the referee's options."""
@@ -145,17 +150,41 @@ def resolve_execution(args: argparse.Namespace, *, name: str, experiment: str, b
         at_least(f"--{flag.replace('_', '-')}", getattr(args, flag), minimum)
     if args.referee_epochs is not None:
         at_least("--referee-epochs", args.referee_epochs)
+    if args.placement_timeout is not None and not args.placement_timeout > 0:
+        raise ConfigError(f"--placement-timeout={args.placement_timeout} is invalid: expected seconds > 0")
     if not 0.0 <= args.referee_floor <= 1.0:
         raise ConfigError(f"--referee-floor={args.referee_floor} is invalid: expected a number in [0, 1]")
     return dict(
         name=check_name(name, "--name"), storage=storage_path(args.storage),
         experiment=check_experiment_name(experiment), mlflow_uri=resolve_tracking_uri(args.mlflow_uri),
         budget=budget, splits_dirs=tuple(str(Path(d).resolve()) for d in args.splits_dir),
-        data_dir=str(Path(args.data_dir).resolve()) if args.data_dir else None, download=args.download,
+        data_dir=data_dir_path(args.data_dir, args.download), download=args.download,
         max_concurrent=args.max_concurrent, workers_per_trial=args.workers_per_trial,
         cpus_per_worker=cpus_per_worker(args), gpus_per_worker=gpus_per_worker(args),
         max_failures=args.max_failures, referee_floor=args.referee_floor, referee_epochs=args.referee_epochs,
+        budget_choice=budget_choice, placement_timeout=args.placement_timeout,
     )
+
+
+def resolve_budget(requested: str, args: argparse.Namespace) -> tuple[str, str]:
+    """The budget a run uses and why (``placement.budget_for_cluster``; ``auto`` asks the cluster for GPUs)."""
+    from pudm_bench.orchestration.placement import budget_for_cluster, cluster_shape
+
+    return budget_for_cluster(requested, lambda: cluster_shape(args.ray_address, args.num_cpus),
+                              gpus_per_worker(args))
+
+
+def data_dir_path(data_dir: str | None, download: bool) -> str | None:
+    """--data-dir as an absolute path: a folder, or (with --download) a path where one can be made."""
+    if data_dir is None:
+        return None
+    path = Path(data_dir).expanduser().resolve()
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--data-dir={data_dir!r} is a file, not a folder; give the folder that holds the datasets")
+    if not path.exists() and not download:
+        raise ConfigError(f"--data-dir={data_dir!r} does not exist; give the folder that holds the datasets, or add "
+                          "--download to fetch them into it")
+    return str(path)
 
 
 def storage_path(storage: str) -> str:

@@ -30,12 +30,13 @@ from pudm_bench.data.splits import SplitSpec, get_split
 from pudm_bench.errors import ConfigError
 from pudm_bench.orchestration.callbacks import TrackingCallback, trial_params
 from pudm_bench.orchestration.cluster import start_ray
+from pudm_bench.orchestration.placement import check_batch, cluster_shape, plan_placement
 from pudm_bench.orchestration.preflight import preflight, prepare_scoring, say
 from pudm_bench.orchestration.runner import fit_tuner, start_parent_run
 from pudm_bench.orchestration.searchers import make_searcher
 from pudm_bench.orchestration.settings import TRIAL_DRIVER_CPU, SweepSettings
 from pudm_bench.orchestration.trial import eval_config, run_trial, trial_train_config
-from pudm_bench.search.budgets import Budget, budget_for
+from pudm_bench.search.budgets import Budget, budget_for, describe
 from pudm_bench.search.pareto import DIVERSITY_METRICS, QUALITY, RATE, SCORE_METRICS, FrontSummary, summarize
 from pudm_bench.search.space import BASELINE_METHODS, SearchSpace, load_search_space
 from pudm_bench.tracking import redact
@@ -48,7 +49,8 @@ def check_sweep(settings: SweepSettings) -> tuple[SplitSpec, SearchSpace, Budget
     space = load_search_space(settings.search_space)
     budget = budget_for(settings.budget, split)
     for params in [space.center()] + [{"method": m} for m in (BASELINE_METHODS if settings.baselines else ())]:
-        trial_train_config(settings, split, space, budget, params)  # raises ConfigError on a bad combination
+        config = trial_train_config(settings, split, space, budget, params)  # ConfigError on a bad combination
+        check_batch(config.batch_size, settings.workers_per_trial, f"the {budget.name} budget on {split.name}")
     used = list(settings.objectives) + [c.metric for c in settings.parsed_constraints]
     unscored = [m for m in used if m in DIVERSITY_METRICS and budget.diversity == "off"]
     if unscored:
@@ -134,9 +136,16 @@ def run_sweep(settings: SweepSettings, resume: bool, ray_address: str | None, nu
     tracked."""
     split, space, budget = check_sweep(settings)
     preflight(settings, resume)
+    # Where trials run, before any work: a trial that could never be placed is refused here (placement.py).
+    placement = plan_placement(settings, cluster_shape(ray_address, num_cpus))
+    runs = settings.trials + (len(BASELINE_METHODS) if settings.baselines else 0)
+    say(describe(budget, split, runs, settings.budget_choice, placement.gpus_per_worker))
+    if placement.warning:
+        say(f"warning: {placement.warning}")
+    settings = replace(settings, gpus_per_worker=placement.gpus_per_worker, placement_timeout=placement.timeout_s)
     evaluation = eval_config(settings, budget)
     # Data, referees (refused below the floor), FID statistics: once, here, before Ray starts.
-    fingerprint = prepare_scoring(split, evaluation, settings.data_dir, settings.download)
+    fingerprint = prepare_scoring(split, evaluation, settings)
     from pudm_bench.scoring.referee import get_referee
 
     referee = get_referee(split, data_dir=settings.data_dir, cache_dir=evaluation.cache_dir,
@@ -145,9 +154,7 @@ def run_sweep(settings: SweepSettings, resume: bool, ray_address: str | None, nu
     if prior is not None:
         space = space.resolve_prior(prior["prior_estimate"])
 
-    has_gpus = start_ray(ray_address, num_cpus, verbose)
-    if settings.gpus_per_worker is None:
-        settings = replace(settings, gpus_per_worker=1.0 if has_gpus else 0.0)
+    start_ray(ray_address, num_cpus, verbose)
     tracker, parent_id, redacted = start_parent_run(
         settings,
         tags={"pudm.split": split.name, "pudm.dataset": split.dataset, "pudm.split_fingerprint": fingerprint,

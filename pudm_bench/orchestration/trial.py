@@ -6,6 +6,7 @@ searcher) and ``run_cell_trial`` (a benchmark's fixed cell, possibly warm-starte
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,8 @@ from pudm_bench.scoring.evaluate import EvalConfig
 from pudm_bench.search.budgets import Budget, budget_for, budget_train_values, make_eval_config
 from pudm_bench.search.space import BASELINE_METHODS, SearchSpace, load_search_space
 from pudm_bench.training.config import TrainConfig
+
+PLACEMENT_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"  # Ray Train V2's worker-group start-up timeout
 
 
 def trial_train_config(settings: SweepSettings, split: SplitSpec, space: SearchSpace, budget: Budget,
@@ -65,16 +68,24 @@ def _failure_reason(error: BaseException) -> str:
 
 
 def fit_trial(config: TrainConfig, evaluation: EvalConfig, trial_id: str, storage_dir: Path, workers: int,
-              cpus_per_worker: float, gpus_per_worker: float, max_failures: int) -> None:
+              cpus_per_worker: float, gpus_per_worker: float, max_failures: int,
+              placement_timeout: float | None = None) -> None:
     """Train and score one configuration inside a Tune trial: a ``TorchTrainer`` over ``workers`` workers, fit().
 
     Train checkpoints go to ``<storage_dir>/trial-<trial_id>/``, fixed per trial, so a retried or resumed trial
-    finds its last one.
+    finds its last one. ``placement_timeout``: the trial fails (with that reason) when its workers are not placed
+    within that many seconds, instead of Ray Train's default of retrying the start-up forever (an autoscaling
+    cluster that never grows); None on a fixed cluster, where every trial was checked to fit.
     """
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
     use_gpu = gpus_per_worker > 0
+    controller_failures = -1  # Ray Train's default: retry a worker group that did not start, without limit
+    if placement_timeout is not None:
+        # Read by Ray Train's controller, which gets it from this process (Train V2's propagated variables).
+        os.environ[PLACEMENT_TIMEOUT_ENV] = str(placement_timeout)
+        controller_failures = 0
     resources = {"CPU": cpus_per_worker}
     if use_gpu:
         resources["GPU"] = gpus_per_worker
@@ -87,7 +98,8 @@ def fit_trial(config: TrainConfig, evaluation: EvalConfig, trial_id: str, storag
             name=f"trial-{trial_id}",
             storage_path=str(storage_dir),
             callbacks=[TuneReportCallback()],
-            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            failure_config=ray.train.FailureConfig(max_failures=max_failures,
+                                                   controller_failure_limit=controller_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),  # not one line per report
         ),
@@ -95,6 +107,11 @@ def fit_trial(config: TrainConfig, evaluation: EvalConfig, trial_id: str, storag
     try:
         trainer.fit()
     except ray.train.TrainingFailedError as exc:
+        if placement_timeout is not None and "WorkerGroupStartupTimeoutError" in repr(getattr(exc, "controller_failure", "")):
+            tune.report(failed_result(f"PlacementTimeout: the {workers} Train worker(s) of this trial were not placed "
+                                      f"within {placement_timeout:g} s (--placement-timeout); the cluster did not "
+                                      "provide the requested resources"))
+            return
         # The workers failed max_failures + 1 times (each retry restarted from the last checkpoint): the trial is
         # recorded as failed with the workers' reason, and the sweep goes on. Tune itself retries a trial only when
         # this process dies (a lost node), so a failing config is not retried twice over.
@@ -111,11 +128,12 @@ def run_trial(params: dict[str, Any], settings: SweepSettings) -> None:
     fit_trial(config, eval_config(settings, budget), tune.get_context().get_trial_id(), settings.run_dir / "train",
               settings.workers_per_trial, settings.cpus_per_worker,
               settings.gpus_per_worker or 0.0,  # None (auto) is resolved by run_sweep before trials start
-              settings.max_failures)
+              settings.max_failures, settings.placement_timeout)
 
 
 def run_cell_trial(params: dict[str, Any], cells: dict[str, dict[str, Any]], storage_dir: str, workers: int,
-                   cpus_per_worker: float, gpus_per_worker: float, max_failures: int) -> None:
+                   cpus_per_worker: float, gpus_per_worker: float, max_failures: int,
+                   placement_timeout: float | None = None) -> None:
     """One fixed trial of ``runner.run_cells`` (a Tune function trainable): the cell's TrainConfig ->
     ``fit_trial``; a warm start takes ``init_from`` from ``CellSearcher``."""
     cell = cells[params["cell"]]
@@ -127,4 +145,4 @@ def run_cell_trial(params: dict[str, Any], cells: dict[str, dict[str, Any]], sto
         config = config.replace(init_from=params["init_from"])
     fit_trial(config, EvalConfig(**cell["eval_config"]),
               tune.get_context().get_trial_id(), Path(storage_dir), workers, cpus_per_worker, gpus_per_worker,
-              max_failures)
+              max_failures, placement_timeout)

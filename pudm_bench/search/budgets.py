@@ -4,13 +4,16 @@
 - ``cpu``: the default digits sweep on 2 CPU cores in minutes; 16 px splits (real MNIST: ``mnist_even_16``) a
   schedule measured to draw recognisable digits on one core in about 13 minutes (docs/results.md); on larger
   splits a CPU-sized model ("small" preset) for a short run whose scores mean little.
+- ``auto`` (the sweep's default): ``cpu`` on a cluster without GPUs, ``paper`` on one with GPUs
+  (``orchestration.placement.budget_for_cluster``), announced with an estimate of its GPU-hours (``describe``).
 - ``paper``: the paper's from-scratch schedule (arXiv:2503.03789; facts in docs/concepts.md): AdamW lr 1e-4,
-  500 warm-up steps, cosine, clip 1.0, fp16 on GPUs, 100 epochs (CelebA 20) at batch 128 (MNIST, CIFAR10),
+  500 warm-up steps, cosine, clip 1.0, mixed precision on GPUs (bf16, or fp16 where bf16 is missing), 100 epochs (CelebA 20) at batch 128 (MNIST, CIFAR10),
   32 (STL10) or 16 (CelebA); the paper's UNet (the split's ``model_preset``).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +24,11 @@ from pudm_bench.scoring.evaluate import EvalConfig
 from pudm_bench.search.pareto import DEFAULT_CONSTRAINTS, METRIC_DIRECTIONS, parse_constraint
 
 BUDGETS = ("smoke", "cpu", "paper")
+BUDGET_CHOICES = BUDGETS + ("auto",)  # what --budget takes; auto is resolved to one of BUDGETS before any work
+# The GPU throughput behind the GPU-hours estimate printed before a GPU run: an assumption, not a measurement (about
+# 5% of an H100's dense bf16 peak, a rate small-image UNets at the paper's batch sizes can sustain). The real rate
+# of a machine: benchmarks/gpu/check.py.
+ASSUMED_GPU_TFLOPS = 50.0
 PAPER_BATCH = {"mnist": 128, "cifar10": 128, "stl10": 32, "celeba": 16}
 PAPER_EPOCHS = {"celeba": 20}
 
@@ -142,3 +150,44 @@ def default_constraints(split: SplitSpec, budget: Budget) -> tuple[str, ...]:
             continue
         measured.append(text)
     return tuple(measured)
+
+
+@functools.lru_cache(maxsize=16)
+def forward_flops(preset: str, image_size: int, channels: int) -> float:
+    """Floating-point operations of one forward pass of a preset UNet on one image (torch's FLOP counter on the meta
+    device: no weights are allocated and nothing is computed)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from pudm_bench.training.models import build_model
+
+    with torch.device("meta"):
+        model = build_model(preset, image_size, channels)
+        with FlopCounterMode(display=False) as counter:
+            model(torch.zeros(1, channels, image_size, image_size), torch.zeros(1, dtype=torch.long))
+    return float(counter.get_total_flops())
+
+
+def run_flops(budget: Budget, split: SplitSpec) -> float | None:
+    """FLOPs of one run of ``budget`` on ``split``: training (forward + backward ~ 3 forwards per image) and scoring
+    (``num_samples`` x ``sample_steps`` forwards); None for latent (Stable Diffusion) splits, whose model is the
+    pipeline's."""
+    if split.dataset == "pufolder":
+        return None
+    forward = forward_flops(budget.model_preset or split.model_preset, split.image_size, split.channels)
+    return forward * (3 * budget.steps * budget.batch_size + budget.num_samples * budget.sample_steps)
+
+
+def describe(budget: Budget, split: SplitSpec, runs: int, choice: str, gpus: float) -> str:
+    """One line before a run starts: the budget, why, what one run trains and samples, and on GPUs an estimate of
+    the GPU-hours of all ``runs`` (``ASSUMED_GPU_TFLOPS``)."""
+    preset = budget.model_preset or split.model_preset
+    line = (f"budget {budget.name} ({choice}): {budget.steps:,} steps at batch {budget.batch_size} of the {preset!r} "
+            f"UNet, then {budget.num_samples:,} samples ({budget.sampler.upper()}-{budget.sample_steps}) per run; "
+            f"{runs} run{'s' if runs != 1 else ''}")
+    flops = run_flops(budget, split)
+    if gpus >= 1 and flops is not None:
+        hours = runs * flops / (ASSUMED_GPU_TFLOPS * 1e12) / 3600
+        line += (f": {runs * flops:.2g} FLOP, about {hours:.2g} GPU-hours at an assumed {ASSUMED_GPU_TFLOPS:g} "
+                 "TFLOP/s per GPU (an estimate, not a measurement: benchmarks/gpu/check.py measures your GPU)")
+    return line

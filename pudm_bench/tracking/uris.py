@@ -106,8 +106,8 @@ def check_tracking_reachable(uri: str, timeout_s: float = 5) -> None:
     """Fail fast, before any training, when the store cannot be used.
 
     http(s): GET ``<uri>/health`` with a short timeout; no answer -> ConfigError naming the (redacted) URI.
-    sqlite: the database file, or the nearest existing folder above it, must be writable. Other schemes are left
-    to MLflow.
+    sqlite: the database file, or the nearest existing folder above it, must be writable. Other schemes: MLflow
+    must know them (its client is built, which connects to a database store).
     """
     uri = resolve_tracking_uri(uri)
     scheme = urlsplit(uri).scheme.lower()
@@ -137,8 +137,19 @@ def check_tracking_reachable(uri: str, timeout_s: float = 5) -> None:
         while not folder.exists():
             folder = folder.parent
         if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-            raise ConfigError(f"cannot create the MLflow store {path}: {folder} is not writable; pass --mlflow-uri "
-                              "with another path")
+            raise ConfigError(f"cannot create the MLflow store {path}: {folder} is not a writable folder; pass "
+                              "--mlflow-uri with another path")
+    elif scheme != "file":
+        from mlflow import MlflowClient
+        from mlflow.exceptions import MlflowException
+
+        try:
+            MlflowClient(tracking_uri=uri)
+        except MlflowException as exc:
+            known = re.search(r"Supported URI schemes are: \[([^\]]*)\]", str(exc))
+            raise ConfigError(f"--mlflow-uri={redact(uri)!r}: MLflow cannot use it as a tracking store"
+                              + (f" (schemes it knows: {known.group(1)})" if known else "")
+                              + "; pass a .db path, sqlite:///PATH or http(s)://HOST:PORT") from None
 
 
 def check_store_exists(uri: str) -> None:

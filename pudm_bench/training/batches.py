@@ -81,9 +81,14 @@ def select_device(name: str) -> torch.device:
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """fp16 autocast on GPUs by default (the paper trained in fp16); full precision on CPUs."""
+    """auto: bf16 autocast on GPUs that support it (Ampere and newer: the range of fp32, no loss scaling needed), fp16
+    with a GradScaler on older ones (the paper trained in fp16; ``precision=fp16`` keeps that choice anywhere);
+    full precision on CPUs."""
     if precision == "auto":
-        precision = "fp16" if device.type == "cuda" else "fp32"
+        if device.type != "cuda":
+            precision = "fp32"
+        else:
+            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     if precision == "fp16" and device.type != "cuda":
         raise ConfigError("precision=fp16 needs a CUDA device; use --precision fp32 or bf16 on a CPU")
     return {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
