@@ -16,8 +16,24 @@ from tests.helpers import assert_rate_is_a_scored_count, doc_split, write_my_spl
 
 
 def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """The command as a user runs it: a new interpreter (about 10 s of imports on 2 cores; used once per page)."""
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture
+def splits_cli(capsys, monkeypatch):
+    """``python -m pudm_bench.splits ARGS`` in this process (its ``main``, from ``cwd``): (exit code, stdout,
+    stderr)."""
+    from pudm_bench.cli.splits import main
+
+    def call(*args: str, cwd: Path) -> tuple[int, str, str]:
+        monkeypatch.chdir(cwd)
+        code = main(list(args))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return call
 
 
 
@@ -27,34 +43,34 @@ def my_splits(tmp_path: Path) -> Path:
     return write_my_splits(tmp_path / "my_splits")
 
 
-def test_the_documented_image_folder_split_validates(my_splits, tmp_path):
+def test_the_documented_image_folder_split_validates(my_splits, tmp_path, splits_cli):
     result = run("pudm_bench.splits", "validate", str(my_splits / "pets.yaml"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "pets_no_dogs" in result.stdout and re.search(r"\b[0-9a-f]{16}\b", result.stdout)  # built: fingerprint
-    listed = run("pudm_bench.splits", "list", "--splits-dir", str(my_splits), cwd=tmp_path)
-    assert listed.returncode == 0 and "pets_no_dogs" in listed.stdout and "60+6 / 12" in listed.stdout
+    code, out, _ = splits_cli("list", "--splits-dir", str(my_splits), cwd=tmp_path)
+    assert code == 0 and "pets_no_dogs" in out and "60+6 / 12" in out
 
 
-def test_mistakes_in_the_file_fail_in_one_line(my_splits, tmp_path):
+def test_mistakes_in_the_file_fail_in_one_line(my_splits, tmp_path, splits_cli):
     data = doc_split("pets_no_dogs")
     data["sensitive_classes"] = ["dgos"]
     (my_splits / "pets.yaml").write_text(yaml.safe_dump(data))
-    result = run("pudm_bench.splits", "validate", str(my_splits / "pets.yaml"), cwd=tmp_path)
-    assert result.returncode != 0 and "did you mean 'dogs'" in result.stderr
+    code, _, err = splits_cli("validate", str(my_splits / "pets.yaml"), cwd=tmp_path)
+    assert code != 0 and "did you mean 'dogs'" in err and len(err.strip().splitlines()) == 1
     data = doc_split("pets_no_dogs")
     data["counts"]["unlabeled_normal"] = 600
     (my_splits / "pets.yaml").write_text(yaml.safe_dump(data))
-    result = run("pudm_bench.splits", "validate", str(my_splits / "pets.yaml"), cwd=tmp_path)
-    assert result.returncode != 0 and "60" in result.stderr  # says how many training cats there are
+    code, _, err = splits_cli("validate", str(my_splits / "pets.yaml"), cwd=tmp_path)
+    assert code != 0 and "60" in err and len(err.strip().splitlines()) == 1  # says how many training cats there are
 
 
-def test_the_documented_regrouping_of_digits_validates(tmp_path):
+def test_the_documented_regrouping_of_digits_validates(tmp_path, splits_cli):
     folder = tmp_path / "regroup"
     folder.mkdir()
     (folder / "digits_small.yaml").write_text(yaml.safe_dump(doc_split("digits_small")))
-    result = run("pudm_bench.splits", "validate", str(folder / "digits_small.yaml"), cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert "digits_small" in result.stdout
+    code, out, err = splits_cli("validate", str(folder / "digits_small.yaml"), cwd=tmp_path)
+    assert code == 0, err
+    assert "digits_small" in out
 
 
 @pytest.mark.slow

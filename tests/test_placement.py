@@ -93,40 +93,45 @@ def test_stl10_dry_run_on_a_gpu_machine_shows_the_paper_budget_and_its_gpu_hours
     assert out["resources_per_trial"]["gpus_per_worker"] == 1.0
 
 
-def test_a_faked_gpu_cluster_gets_the_gpu_budget_and_refuses_what_it_cannot_place(tmp_path):
-    """A Ray cluster that declares 2 GPUs (none exist: Ray takes the declaration), joined with --ray-address."""
+def test_a_faked_gpu_cluster_gets_the_gpu_budget_and_refuses_what_it_cannot_place(tmp_path, capsys, monkeypatch):
+    """A Ray cluster that declares 2 GPUs (none exist: Ray takes the declaration), joined with --ray-address. The
+    dry runs are the CLI's own ``main`` in this process (each joins the cluster, reads it and leaves): the same code
+    as ``python -m pudm_bench.sweep``, without a new interpreter's imports each time."""
     from ray.cluster_utils import Cluster
 
     from pudm_bench.orchestration.cluster import dashboard_port
 
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     cluster = Cluster(initialize_head=True, connect=False,
                       head_node_args={"num_cpus": 4, "num_gpus": 2, "include_dashboard": False,
                                       "dashboard_port": dashboard_port(),
                                       "env_vars": {"RAY_AUTH_MODE": "disabled"}})
     try:
         def run(*args):
-            return subprocess.run([sys.executable, "-m", "pudm_bench.sweep", "--dataset", "stl10", "--dry-run",
-                                   "--storage", str(tmp_path / "store"), "--ray-address", cluster.address, *args],
-                                  capture_output=True, text=True, timeout=120, env=env)
+            code = sweep_cli.main(["--dataset", "stl10", "--dry-run", "--storage", str(tmp_path / "store"),
+                                   "--ray-address", cluster.address, *args])
+            out, err = capsys.readouterr()
+            return code, out, err
 
-        done = run()
-        assert done.returncode == 0, done.stderr[-2000:]
-        out = json.loads(done.stdout)
+        code, out, err = run()
+        assert code == 0, err[-2000:]
+        out = json.loads(out)
         assert out["settings"]["budget"] == "paper" and "GPU-hours" in out["plan"]
         assert out["settings"]["budget_choice"] == f"auto: 2 GPUs in the cluster at {cluster.address}"
         assert out["resources_per_trial"]["gpus_per_worker"] == 1.0
         # 4 workers of 1 GPU on a cluster of 2 GPUs and no autoscaler: refused in one line.
-        refused = run("--workers-per-trial", "4")
-        assert refused.returncode == 2 and refused.stderr.strip().count("\n") == 0
-        assert "a trial needs 4 Train workers x 1 CPU + 1 GPU each" in refused.stderr
-        assert f"the cluster at {cluster.address} has 4 CPUs and 2 GPUs" in refused.stderr
+        code, _, err = run("--workers-per-trial", "4")
+        assert code == 2 and err.strip().count("\n") == 0
+        assert "a trial needs 4 Train workers x 1 CPU + 1 GPU each" in err
+        assert f"the cluster at {cluster.address} has 4 CPUs and 2 GPUs" in err
         # The user says the cluster grows: a warning and a bounded wait instead.
-        waited = run("--workers-per-trial", "4", "--placement-timeout", "120")
-        assert waited.returncode == 0, waited.stderr[-2000:]
-        out = json.loads(waited.stdout)
+        code, out, err = run("--workers-per-trial", "4", "--placement-timeout", "120")
+        assert code == 0, err[-2000:]
+        out = json.loads(out)
         assert "waiting for the autoscaler" in out["placement_warning"]
         assert out["resources_per_trial"]["placement_timeout_s"] == 120
+        assert not (tmp_path / "store").exists()  # a dry run writes nothing
     finally:
         cluster.shutdown()
 
