@@ -65,7 +65,7 @@ def digits_referee(digits_even_split):
     return get_referee(digits_even_split.spec)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def session_referees(isolated_cache: Path, digits_referee):
     """``seed(cache_dir)``: copy the referees this session has trained (at least digits_even's) into a sweep's cache
     folder (``<storage>/<sweep name>/cache``), so that a sweep on the same split loads its referee instead of

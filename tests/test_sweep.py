@@ -303,12 +303,14 @@ CONSTRAINTS = ("coverage_missing<=0", "realistic_share>=0.5", "coverage_tv<=0.5"
 
 
 @pytest.fixture(scope="module")
-def digits_sweep(tmp_path_factory):
+def digits_sweep(tmp_path_factory, session_referees):
     """One smoke sweep for the end-to-end tests below, each of which asserts one concern of its outcome: 1 searched
     trial with 2 Train workers (DDP over gloo) + 2 baselines, 2 trials at once on 4 logical CPUs; a search space that
     centres beta on its estimate (the driver estimates it before any trial); a third objective and a constraint, so
-    every trial is scored for coverage and precision/recall."""
+    every trial is scored for coverage and precision/recall. The referees this session has trained are loaded from
+    the sweep's cache, not trained again (tests/test_referee.py and tests/test_diversity.py test their training)."""
     tmp = tmp_path_factory.mktemp("digits_sweep")
+    session_referees(tmp / "store" / "digits_even-beta_auto-smoke-s0" / "cache")
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     done = run_cli(["--budget", "smoke", "--trials", "1", "--max-concurrent", "2", "--workers-per-trial", "2",
                     "--num-cpus", "4", "--storage", str(tmp / "store"), "--mlflow-uri", uri, "--quiet",
