@@ -25,6 +25,7 @@ import yaml
 from pudm_bench.data.build import build_split
 from pudm_bench.data.splits import get_split
 from pudm_bench.scoring.evaluate import EvalConfig, evaluate_model
+from pudm_bench.search.rungs import rank_trials
 from pudm_bench.training.config import SampleConfig, TrainConfig
 from pudm_bench.training.loop import Callback, train
 from tests.helpers import assert_rate_is_a_scored_count, children, finish, kill_group, popen, train_workers, wait_for
@@ -36,8 +37,10 @@ from tests.helpers import assert_rate_is_a_scored_count, children, finish, kill_
 def test_driver_killed_mid_sweep_resumes_without_losing_or_duplicating(tmp_path, mlflow_store, session_referees):
     uri = mlflow_store
     session_referees(tmp_path / "store" / "crash" / "cache")  # the sweep loads digits_even's referee: not under test
+    # With successive halving (--scheduler moasha): its rung table must survive the kill too.
     args = ["--budget", "smoke", "--trials", "2", "--no-baselines", "--max-concurrent", "1", "--name", "crash",
-            "--storage", str(tmp_path / "store"), "--mlflow-uri", uri, "--quiet"]
+            "--storage", str(tmp_path / "store"), "--mlflow-uri", uri, "--quiet", "--scheduler", "moasha",
+            "--rungs", "1/3"]
     log = tmp_path / "first.log"
     proc = popen("pudm_bench.sweep", args, log)
 
@@ -49,7 +52,8 @@ def test_driver_killed_mid_sweep_resumes_without_losing_or_duplicating(tmp_path,
     proc.wait()
     time.sleep(2)
     kill_group(proc)  # then whatever of its session is left, as after a machine's crash
-    kept = {c.data.tags["pudm.trial_id"]: c.data.metrics for c in done_before}
+    kept = {c.data.tags["pudm.trial_id"]: c.data.metrics for c in done_before if "non_sensitive_rate" in c.data.metrics}
+    assert kept, "the first trial finished without a final score"
 
     text = finish(popen("pudm_bench.sweep", args + ["--resume"], tmp_path / "resume.log"), tmp_path / "resume.log", 900)
     client, parents, runs = children(uri, "pudm-digits_even")
@@ -67,6 +71,19 @@ def test_driver_killed_mid_sweep_resumes_without_losing_or_duplicating(tmp_path,
     # The front and the table were recomputed over both trials.
     table = client.download_artifacts(parents[0].info.run_id, "all_trials.csv", str(tmp_path))
     assert sorted(line.split(",")[0] for line in Path(table).read_text().splitlines()[1:]) == sorted(finished)
+    # The rung table: the trials finished before the kill are still in it with the decision they got then (go on:
+    # they finished), and every decision, replayed in arrival order, is the top third by rank_trials.
+    rung = json.loads((tmp_path / "store" / "crash" / "moasha.json").read_text())["rungs"]["0"]
+    assert all(rung[t]["decision"] == "continue" and rung[t]["step"] == 7 for t in kept)
+    ordered = sorted(rung, key=lambda t: rung[t]["arrival"])
+    for k, trial_id in enumerate(ordered, start=1):
+        seen = {t: rung[t] for t in ordered[:k]}
+        expected = rank_trials(seen, ["max", "min"]).index(trial_id) < math.ceil(k / 3)
+        assert (rung[trial_id]["decision"] == "continue") == expected
+    for trial_id in (t for t in finished if t in rung and rung[t]["decision"] == "stop"):
+        assert finished[trial_id].data.tags["pudm.stopped_at_rung"] == "0"
+        assert "non_sensitive_rate" not in finished[trial_id].data.metrics  # no final score: it never finished
+        assert "rung_non_sensitive_rate" in finished[trial_id].data.metrics
 
 
 # ------------------------------------------------------------------------ failing trials, killed worker

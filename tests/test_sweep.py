@@ -307,15 +307,17 @@ def digits_sweep(tmp_path_factory, session_referees):
     """One smoke sweep for the end-to-end tests below, each of which asserts one concern of its outcome: 1 searched
     trial with 2 Train workers (DDP over gloo) + 2 baselines, 2 trials at once on 4 logical CPUs; a search space that
     centres beta on its estimate (the driver estimates it before any trial); a third objective and a constraint, so
-    every trial is scored for coverage and precision/recall. The referees this session has trained are loaded from
-    the sweep's cache, not trained again (tests/test_referee.py and tests/test_diversity.py test their training)."""
+    every trial is scored for coverage and precision/recall; the searched trial fine-tunes the unsupervised baseline
+    (``--warm-start baseline``: the baselines ran first anyway, so this costs the fixture nothing). The referees this
+    session has trained are loaded from the sweep's cache, not trained again (tests/test_referee.py and
+    tests/test_diversity.py test their training)."""
     tmp = tmp_path_factory.mktemp("digits_sweep")
     session_referees(tmp / "store" / "digits_even-beta_auto-smoke-s0" / "cache")
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     done = run_cli(["--budget", "smoke", "--trials", "1", "--max-concurrent", "2", "--workers-per-trial", "2",
                     "--num-cpus", "4", "--storage", str(tmp / "store"), "--mlflow-uri", uri, "--quiet",
                     "--search-space", str(ROOT / "search_spaces" / "beta_auto.yaml"),
-                    "--objective", "recall", "--constraint", "coverage_tv<=0.5"])
+                    "--objective", "recall", "--constraint", "coverage_tv<=0.5", "--warm-start", "baseline"])
     assert done.returncode == 0, done.stderr[-3000:]
     client, parents, children = read_back(uri, "pudm-digits_even")
     assert len(parents) == 1 and len(children) == 3
@@ -330,6 +332,7 @@ def test_the_sweep_prints_its_front_baselines_objectives_and_constraints(digits_
     assert "Pareto front" in out and "Baselines" in out
     assert "recall up" in out and f"constraints {', '.join(CONSTRAINTS)}" in out
     assert "[prepare] digits_even referee (normal vs sensitive): " in out
+    assert "[prepare] warm start: each searched trial fine-tunes the unsupervised baseline for 7 steps" in out
 
 
 @pytest.mark.slow
@@ -422,6 +425,21 @@ def test_constraints_decide_feasibility_and_keep_infeasible_trials_off_the_front
                                       and m["realistic_share"] >= 0.5)
         assert not row.on_front or row.feasible
     assert parent.data.metrics["n_infeasible"] == int((~table.feasible.astype(bool)).sum())
+
+
+@pytest.mark.slow
+def test_the_searched_trial_fine_tunes_the_unsupervised_baseline_after_it_finished(digits_sweep, tmp_path):
+    """--warm-start baseline: init_from is the unsupervised baseline's final checkpoint, logged as a param; the
+    searched trial trained a third of the smoke budget's 20 steps and started after its source had finished."""
+    client, searched = digits_sweep.client, digits_sweep.searched
+    source = next(c for c in digits_sweep.children if c.data.params.get("method") == "unsupervised")
+    final = digits_sweep.sweep_dir / "train" / f"trial-{source.data.tags['pudm.trial_id']}" / "final"
+    assert searched.data.params["init_from"] == str(final) and (final / "pipeline" / "unet").is_dir()
+    assert searched.data.params["warm_start"] == "unsupervised"
+    saved = json.loads(Path(client.download_artifacts(searched.info.run_id, "train_config.json", str(tmp_path))).read_text())
+    assert saved["init_from"] == str(final) and saved["steps"] == 7 and saved["log_every"] == 3
+    assert searched.info.start_time >= source.info.end_time
+    assert [int(m.step) for m in client.get_metric_history(searched.info.run_id, "loss")] == [3, 6, 7]
 
 
 @pytest.mark.slow

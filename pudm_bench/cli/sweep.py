@@ -19,9 +19,11 @@ from pudm_bench.orchestration.settings import (SweepSettings, at_least, pretrain
                                                  resolve_execution)
 from pudm_bench.search.budgets import BUDGET_CHOICES, budget_for, default_constraints, describe
 from pudm_bench.search.pareto import DEFAULT_CONSTRAINTS, METRIC_DIRECTIONS, RATE, parse_constraint
+from pudm_bench.search.rungs import DEFAULT_REDUCTION_FACTOR, DEFAULT_RUNGS, SCHEDULERS, parse_rungs
 from pudm_bench.search.space import BASELINE_METHODS, DEFAULT_SEARCH_SPACE, load_search_space
 
-OPTUNA_SAMPLERS = ("tpe", "nsga2", "gp")  # orchestration.searchers.make_searcher; not config.SAMPLERS (ddim, ddpm)
+OPTUNA_SAMPLERS = ("tpe", "nsga2", "gp")
+WARM_STARTS = ("baseline",)  # orchestration.searchers.BaselinesFirst  # orchestration.searchers.make_searcher; not config.SAMPLERS (ddim, ddpm)
 DEFAULT_SPLIT_FOR_DATASET = {
     "digits": "digits_even", "mnist": "mnist_even", "cifar10": "cifar10_vehicles", "stl10": "stl10_vehicles",
     "celeba": "celeba_male",
@@ -59,6 +61,22 @@ def build_parser() -> argparse.ArgumentParser:
                         "paper's model and schedule) on one with GPUs")
     p.add_argument("--seed", type=int, default=0, help="seeds the Optuna sampler and every trial")
     p.add_argument("--sampler", default="tpe", choices=OPTUNA_SAMPLERS, help="Optuna sampler")
+    p.add_argument("--scheduler", default="fifo", choices=SCHEDULERS,
+                   help="fifo: every trial trains its whole budget; moasha: multi-objective successive halving, "
+                        "trials scored at --rungs and stopped there unless in the top 1/--reduction-factor by "
+                        "non-dominated sorting (docs/concepts.md)")
+    p.add_argument("--reduction-factor", type=int, default=DEFAULT_REDUCTION_FACTOR,
+                   help="moasha: the share 1/eta of a rung's trials that go on")
+    p.add_argument("--rungs", default=None, metavar="F,F",
+                   help=f"fractions of a trial's steps where it is scored on a small sample set (moasha default: "
+                        f"{DEFAULT_RUNGS}; with fifo: scored there, never stopped)")
+    p.add_argument("--rung-samples", type=int, default=None,
+                   help="samples per rung score (default: a third of the budget's, at least 16)")
+    p.add_argument("--warm-start", default=None, choices=WARM_STARTS,
+                   help="baseline: the searched trials fine-tune the sweep's own unsupervised baseline, which runs "
+                        "first (the paper's fine-tuning mode; docs/concepts.md)")
+    p.add_argument("--warm-start-fraction", type=float, default=1 / 3, metavar="F",
+                   help="with --warm-start: a searched trial trains this fraction of the budget's steps")
     p.add_argument("--baselines", action=argparse.BooleanOptionalAction, default=True,
                    help="also train the unsupervised and supervised baselines with the same budget")
     p.add_argument("--experiment", default=None, help="MLflow experiment (default: pudm-<split>)")
@@ -106,7 +124,25 @@ def settings_from_args(args: argparse.Namespace) -> SweepSettings:
         objectives=objectives, constraints=tuple(dict.fromkeys(constraints)),
         default_constraints=args.default_constraints, model=args.model, lora_rank=args.lora_rank,
         guidance_scale=args.guidance_scale, gradient_checkpointing=args.gradient_checkpointing,
+        **scheduler_settings(args),
     )
+
+
+def scheduler_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """--scheduler, --reduction-factor, --rungs, --rung-samples and --warm-start(-fraction), checked (one-line
+    errors naming the flag)."""
+    rungs = args.rungs if args.rungs is not None else (DEFAULT_RUNGS if args.scheduler == "moasha" else None)
+    if args.reduction_factor < 2:
+        raise ConfigError(f"--reduction-factor={args.reduction_factor} is invalid: expected an integer >= 2")
+    if args.rung_samples is not None:
+        at_least("--rung-samples", args.rung_samples, 4)
+    if args.warm_start and not args.baselines:
+        raise ConfigError("--warm-start baseline fine-tunes the sweep's unsupervised baseline: drop --no-baselines")
+    if not 0 < args.warm_start_fraction <= 1:
+        raise ConfigError(f"--warm-start-fraction={args.warm_start_fraction} is invalid: expected a number in (0, 1]")
+    return dict(scheduler=args.scheduler, reduction_factor=args.reduction_factor,
+                rungs=parse_rungs(rungs) if rungs is not None else (), rung_samples=args.rung_samples,
+                warm_start=args.warm_start, warm_start_fraction=args.warm_start_fraction)
 
 
 def check_objective(metric: str, quality: str) -> str:
@@ -142,10 +178,15 @@ def print_summary(outcome: dict[str, Any], settings: SweepSettings) -> None:
         if len(baselines):
             print("\nBaselines (same budget):")
             print(baselines[cols].to_string(index=False))
-        infeasible = frame[~frame["feasible"] & (frame.status != "FAILED")] if "feasible" in frame.columns else frame[:0]
+        infeasible = (frame[~frame["feasible"] & ~frame.status.isin(("FAILED", "STOPPED"))]
+                      if "feasible" in frame.columns else frame[:0])
         if len(infeasible):
             print("\nTrials that break a constraint (kept, not on the front):")
             print(infeasible[cols].to_string(index=False))
+        stopped = frame[frame.status == "STOPPED"]
+        if len(stopped):
+            print(f"\nStopped at a rung by --scheduler {settings.scheduler} (rung scores in MLflow as rung_*):")
+            print(stopped[["trial_id", "method", "beta", "correction", "lr"]].to_string(index=False))
         if len(failed):
             print("\nFailed trials:")
             print(failed[["trial_id", "method", "beta", "lr", "error"]].to_string(index=False))

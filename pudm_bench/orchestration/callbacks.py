@@ -61,8 +61,9 @@ class TrackingCallback(tune.Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         numeric = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
-                   and k not in ("step", "training_iteration", "timestamp", "time_this_iter_s", "pid")}
-        step = int(result["step"]) if result.get("phase") == "train" and "step" in result else None
+                   and k not in ("step", "rung", "training_iteration", "timestamp", "time_this_iter_s", "pid")}
+        # Training curves and rung scores (rung_<metric>) by training step; the final scores at step 0.
+        step = int(result["step"]) if result.get("phase") in ("train", "rung") and "step" in result else None
         self.tracker.log_trial_metrics(trial.trial_id, numeric, step)
         if result.get("failed"):
             self.tracker.end_trial(trial.trial_id, "FAILED", result["failed"])
@@ -71,6 +72,9 @@ class TrackingCallback(tune.Callback):
         result = trial.last_result or {}
         if result.get("failed"):
             return
+        if result.get("phase") == "rung":
+            self.tracker.tag_trial(trial.trial_id, {"pudm.stopped_at_rung": int(result["rung"]),
+                                                    "pudm.stopped_at_step": int(result.get("step", 0))})
         path = result.get("checkpoint_path")
         if path and Path(path).is_dir():
             files = [p for p in Path(path).iterdir() if p.name in ("samples.png", "eval.json", "train_config.json")]

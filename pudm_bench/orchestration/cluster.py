@@ -10,7 +10,7 @@ from pathlib import Path
 
 import ray
 
-from pudm_bench.errors import ConfigError
+from pudm_bench.errors import ConfigError, PudmError
 from pudm_bench.orchestration.placement import ClusterShape
 
 DASHBOARD_PORT = 8265  # Ray's default
@@ -44,7 +44,16 @@ def start_ray(ray_address: str | None, num_cpus: int | None, verbose: int) -> bo
                          else {"runtime_env": {"env_vars": {name: os.environ[name] for name in TRAIN_ENV}}})
         # Without --ray-address (or RAY_ADDRESS), "local": a cluster of our own, even when another one on this
         # machine recorded itself in /tmp/ray (ray.init() with no address would join that one).
-        ray.init(address=ray_address or "local", log_to_driver=verbose > 0, **local_options)
+        try:
+            ray.init(address=ray_address or "local", log_to_driver=verbose > 0, **local_options)
+        except Exception as exc:  # Ray raises a bare Exception when its new local node misses its start-up window
+            if ray_address or "timed out during startup" not in str(exc):
+                raise
+            # Ray gives a new local node a fixed 30 s to register with its GCS; on a machine busy with other work
+            # (seen on a 2-core VM running a benchmark) that can pass. One line, not Ray's traceback.
+            raise PudmError("Ray's local node did not start within Ray's 30 s window (is the machine busy with other "
+                            "work?); run the command again, or start a cluster with `ray start --head` and pass "
+                            "--ray-address auto") from None
     return ray.cluster_resources().get("GPU", 0) >= 1
 
 

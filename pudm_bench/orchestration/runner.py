@@ -55,15 +55,16 @@ def fit_tuner(trainable: Any, run_dir: Path, *, resume: bool, tune_config: Calla
 
 def trial_records(grid: tune.ResultGrid) -> list[dict[str, Any]]:
     """Tune's results as plain records, read through the public ``ResultGrid`` API: trial_id, config, result (the
-    last reported metrics), status (TERMINATED, FAILED when the trial reported a failure, ERROR when it raised)
-    and error (one line or None)."""
+    last reported metrics), status (TERMINATED, FAILED when the trial reported a failure, ERROR when it raised,
+    STOPPED when successive halving stopped it at a rung) and error (one line or None)."""
     records = []
     for result in grid:
         metrics = dict(result.metrics or {})
         trial_id = metrics.get("trial_id") or _trial_id_from_path(result.path)
         failed = metrics.get("failed")
         error = failed or (f"{type(result.error).__name__}: {result.error}" if result.error else None)
-        status = "FAILED" if failed else "ERROR" if result.error else "TERMINATED"
+        stopped = metrics.get("phase") == "rung"  # its last report was a rung's: the scheduler stopped it there
+        status = "FAILED" if failed else "ERROR" if result.error else "STOPPED" if stopped else "TERMINATED"
         records.append({"trial_id": trial_id, "config": dict(result.config or {}), "result": metrics,
                         "status": status, "error": error})
     return records

@@ -15,6 +15,7 @@ from ray.tune.search import Searcher
 from pudm_bench.orchestration.settings import SweepSettings
 from pudm_bench.search.budgets import Budget
 from pudm_bench.search.pareto import Constraint
+from pudm_bench.search.rungs import RUNG_PREFIX
 from pudm_bench.search.space import BASELINE_METHODS, SearchSpace
 
 
@@ -49,6 +50,14 @@ class StudySearcher(Searcher):
 
         trial = self.trials.pop(trial_id, None)
         if trial is None:
+            return
+        if not error and result and result.get("phase") == "rung":
+            # Stopped at a rung by successive halving: told PRUNED, not its rung scores as final values (scores of a
+            # part-trained model on a small sample would pose as a finished trial's). TPE puts pruned trials after
+            # every completed one when it splits good from bad, so it learns to avoid them; NSGA-II and GP skip them.
+            trial.set_user_attr("stopped_at_rung", int(result["rung"]))
+            trial.set_user_attr("rung_values", [result.get(f"{RUNG_PREFIX}{m}") for m in self.metric])
+            self.study.tell(trial, state=optuna.trial.TrialState.PRUNED, skip_if_finished=True)
             return
         values = [(result or {}).get(m) for m in self.metric]
         if error or not result or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
@@ -90,13 +99,20 @@ class StudySearcher(Searcher):
 
 class BaselinesFirst(Searcher):
     """Suggests the baselines (same budget, nothing searched) first, then delegates to the study. Baseline results
-    are never told to Optuna, so the study holds only searched trials."""
+    are never told to Optuna, so the study holds only searched trials.
 
-    def __init__(self, inner: StudySearcher, baseline_configs: list[dict[str, Any]]) -> None:
+    With ``warm_from`` (``--warm-start baseline``: "unsupervised"), the searched trials fine-tune that baseline's
+    final model: none is suggested (Tune waits, ``None``) until the baseline's trial completed, and each gets
+    ``init_from`` = its final checkpoint (``None`` if it failed, which the trial then reports as its failure)."""
+
+    def __init__(self, inner: StudySearcher, baseline_configs: list[dict[str, Any]], warm_from: str | None = None,
+                 storage_dir: Path | None = None) -> None:
         super().__init__(metric=inner.metric, mode=inner.mode)
         self.inner = inner
         self.pending = list(baseline_configs)
         self.baseline_trials: set[str] = set()
+        self.warm_from, self.storage_dir = warm_from, str(storage_dir) if storage_dir else None
+        self.source: dict[str, Any] = {}  # the warm start's source: {"trial_id", "final" (a path, or None: failed)}
 
     @property
     def constraints(self) -> list[Constraint]:
@@ -108,22 +124,35 @@ class BaselinesFirst(Searcher):
     def suggest(self, trial_id: str):
         if self.pending:
             self.baseline_trials.add(trial_id)
-            return self.pending.pop(0)
-        return self.inner.suggest(trial_id)
+            config = self.pending.pop(0)
+            if self.warm_from and config.get("method") == self.warm_from:
+                self.source = {"trial_id": trial_id}
+            return config
+        if self.warm_from is None:
+            return self.inner.suggest(trial_id)
+        if "final" not in self.source:
+            return None  # the baseline it fine-tunes is still training
+        return {**self.inner.suggest(trial_id), "warm_start": self.warm_from, "init_from": self.source["final"]}
 
     def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
         if trial_id not in self.baseline_trials:
             self.inner.on_trial_complete(trial_id, result=result, error=error)
+        elif trial_id == self.source.get("trial_id"):
+            final = Path(self.storage_dir or ".") / f"trial-{trial_id}" / "final"
+            ok = not error and result is not None and not result.get("failed") and (final / "pipeline").is_dir()
+            self.source["final"] = str(final) if ok else None
 
     # One file holds both states: Tune syncs and restores the searcher's checkpoint file by its own name only.
     def save(self, checkpoint_path: str) -> None:
         Path(checkpoint_path).write_text(json.dumps({"pending": self.pending, "optuna": self.inner.get_state(),
-                                                     "baseline_trials": sorted(self.baseline_trials)}))
+                                                     "baseline_trials": sorted(self.baseline_trials),
+                                                     "source": self.source}))
 
     def restore(self, checkpoint_path: str) -> None:
         state = json.loads(Path(checkpoint_path).read_text())
         self.inner.set_state(state["optuna"])
         self.pending, self.baseline_trials = state["pending"], set(state["baseline_trials"])
+        self.source = state.get("source", {})
 
 
 class CellSearcher(Searcher):
@@ -202,4 +231,6 @@ def make_searcher(settings: SweepSettings, space: SearchSpace, budget: Budget) -
     distributions = {name: dist.to_optuna() for name, dist in space.params.items()}
     baselines = [dict({k: None for k in space.params}, method=m, lr=budget.lr)
                  for m in (BASELINE_METHODS if settings.baselines else ())]
-    return BaselinesFirst(StudySearcher(study, storage, distributions, objectives, settings.parsed_constraints), baselines)
+    return BaselinesFirst(StudySearcher(study, storage, distributions, objectives, settings.parsed_constraints), baselines,
+                          warm_from="unsupervised" if settings.warm_start == "baseline" else None,
+                          storage_dir=settings.run_dir / "train")

@@ -89,6 +89,17 @@ class SweepSettings(ExecutionSettings):
     lora_rank: int | None = None
     guidance_scale: float = 1.0
     gradient_checkpointing: bool = False
+    # Successive halving (``--scheduler moasha``, search.rungs): trials scored at ``rungs`` (fractions of their
+    # steps, on ``rung_samples`` samples; None: the budget's share) and stopped there unless in the top
+    # 1/reduction_factor. ``rungs`` with fifo: scored there (curves in MLflow), never stopped.
+    scheduler: str = "fifo"
+    reduction_factor: int = 3
+    rungs: tuple[float, ...] = ()
+    rung_samples: int | None = None
+    # ``--warm-start baseline``: the searched trials fine-tune the sweep's own unsupervised baseline (which runs
+    # first) for ``warm_start_fraction`` of the budget's steps; None: every trial from scratch.
+    warm_start: str | None = None
+    warm_start_fraction: float = 1 / 3
 
     KIND: ClassVar[str] = "sweep"
     STATE_FILE: ClassVar[str] = "sweep.json"

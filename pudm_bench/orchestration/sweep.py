@@ -33,9 +33,10 @@ from pudm_bench.orchestration.cluster import start_ray
 from pudm_bench.orchestration.placement import check_batch, cluster_shape, plan_placement
 from pudm_bench.orchestration.preflight import preflight, prepare_scoring, say
 from pudm_bench.orchestration.runner import fit_tuner, start_parent_run
+from pudm_bench.orchestration.scheduler import make_scheduler
 from pudm_bench.orchestration.searchers import make_searcher
 from pudm_bench.orchestration.settings import TRIAL_DRIVER_CPU, SweepSettings
-from pudm_bench.orchestration.trial import eval_config, run_trial, trial_train_config
+from pudm_bench.orchestration.trial import eval_config, run_trial, trial_train_config, warm_start_config
 from pudm_bench.search.budgets import Budget, budget_for, describe
 from pudm_bench.search.pareto import DIVERSITY_METRICS, QUALITY, RATE, SCORE_METRICS, FrontSummary, summarize
 from pudm_bench.search.space import BASELINE_METHODS, SearchSpace, load_search_space
@@ -50,6 +51,8 @@ def check_sweep(settings: SweepSettings) -> tuple[SplitSpec, SearchSpace, Budget
     budget = budget_for(settings.budget, split)
     for params in [space.center()] + [{"method": m} for m in (BASELINE_METHODS if settings.baselines else ())]:
         config = trial_train_config(settings, split, space, budget, params)  # ConfigError on a bad combination
+        if settings.warm_start and params is not None and "method" not in params:
+            warm_start_config(config, budget, settings.warm_start_fraction, "<baseline>")  # its steps and intervals
         check_batch(config.batch_size, settings.workers_per_trial, f"the {budget.name} budget on {split.name}")
     used = list(settings.objectives) + [c.metric for c in settings.parsed_constraints]
     unscored = [m for m in used if m in DIVERSITY_METRICS and budget.diversity == "off"]
@@ -140,6 +143,12 @@ def run_sweep(settings: SweepSettings, resume: bool, ray_address: str | None, nu
     placement = plan_placement(settings, cluster_shape(ray_address, num_cpus))
     runs = settings.trials + (len(BASELINE_METHODS) if settings.baselines else 0)
     say(describe(budget, split, runs, settings.budget_choice, placement.gpus_per_worker))
+    if settings.warm_start:
+        say(f"warm start: each searched trial fine-tunes the unsupervised baseline for "
+            f"{max(1, round(settings.warm_start_fraction * budget.steps)):,} steps, once that has finished")
+    if settings.scheduler == "moasha":
+        say(f"successive halving: searched trials scored at {', '.join(f'{f:.3g}' for f in settings.rungs)} of their "
+            f"steps and stopped there unless in the top 1/{settings.reduction_factor} (moasha.json)")
     if placement.warning:
         say(f"warning: {placement.warning}")
     settings = replace(settings, gpus_per_worker=placement.gpus_per_worker, placement_timeout=placement.timeout_s)
@@ -174,6 +183,7 @@ def run_sweep(settings: SweepSettings, resume: bool, ray_address: str | None, nu
         tune_config=lambda: tune.TuneConfig(
             # metric/mode stay unset here: setting them would silently make the study single-objective.
             search_alg=make_searcher(settings, space, budget),
+            scheduler=make_scheduler(settings),  # None: FIFO; moasha: stops trials at rungs (scheduler.py)
             num_samples=settings.trials + (len(BASELINE_METHODS) if settings.baselines else 0),
             max_concurrent_trials=settings.max_concurrent,
             reuse_actors=True),  # a new trial reuses a finished one's process: ~4 s less start-up each

@@ -18,7 +18,8 @@ from pudm_bench.data.splits import SplitSpec, get_split
 from pudm_bench.orchestration.settings import SweepSettings
 from pudm_bench.orchestration.worker import failed_result, train_worker
 from pudm_bench.scoring.evaluate import EvalConfig
-from pudm_bench.search.budgets import Budget, budget_for, budget_train_values, make_eval_config
+from pudm_bench.search.budgets import Budget, budget_for, budget_train_values, make_eval_config, rung_eval_config
+from pudm_bench.search.rungs import rung_steps
 from pudm_bench.search.space import BASELINE_METHODS, SearchSpace, load_search_space
 from pudm_bench.training.config import TrainConfig
 
@@ -46,6 +47,17 @@ def trial_train_config(settings: SweepSettings, split: SplitSpec, space: SearchS
     return TrainConfig(**values)
 
 
+def warm_start_config(config: TrainConfig, budget: Budget, fraction: float, init_from: str) -> TrainConfig:
+    """A searched trial of ``--warm-start baseline``: fine-tune ``init_from`` (the sweep's unsupervised baseline's
+    final checkpoint) for ``fraction`` of the budget's steps, warm-up, log and checkpoint intervals scaled alike
+    (fresh optimizer and schedule: ``TrainConfig.init_from``)."""
+    steps = max(1, round(fraction * budget.steps))
+    return config.replace(init_from=init_from, steps=steps,
+                          warmup_steps=max(0, min(round(fraction * budget.warmup_steps), steps - 1)),
+                          log_every=max(1, min(config.log_every, steps // 2)),  # a curve of two points at least
+                          checkpoint_every=max(1, min(config.checkpoint_every, steps)))
+
+
 def uses_inception(settings: SweepSettings) -> bool:
     """Whether the sweep's objectives or constraints need Inception features (FID or precision/recall in them)."""
     used = [settings.quality, *settings.objectives, *(c.metric for c in settings.parsed_constraints)]
@@ -67,9 +79,18 @@ def _failure_reason(error: BaseException) -> str:
     return last if ":" in last else f"{type(inner).__name__}: {last}"
 
 
+def probe_config(settings: SweepSettings, evaluation: EvalConfig, steps: int) -> dict[str, Any] | None:
+    """The rungs of a trial of ``steps`` steps (``--rungs``) and how it is scored there (``rung_eval_config``), for
+    the Train worker (``worker.train_worker``); None without rungs."""
+    at = rung_steps(settings.rungs, steps)
+    if not at:
+        return None
+    return {"steps": list(at), "eval_config": asdict(rung_eval_config(evaluation, settings.rung_samples))}
+
+
 def fit_trial(config: TrainConfig, evaluation: EvalConfig, trial_id: str, storage_dir: Path, workers: int,
               cpus_per_worker: float, gpus_per_worker: float, max_failures: int,
-              placement_timeout: float | None = None) -> None:
+              placement_timeout: float | None = None, probe: dict[str, Any] | None = None) -> None:
     """Train and score one configuration inside a Tune trial: a ``TorchTrainer`` over ``workers`` workers, fit().
 
     Train checkpoints go to ``<storage_dir>/trial-<trial_id>/``, fixed per trial, so a retried or resumed trial
@@ -92,7 +113,7 @@ def fit_trial(config: TrainConfig, evaluation: EvalConfig, trial_id: str, storag
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"train_config": config.to_dict(), "eval_config": asdict(evaluation),
-                           "trial_id": trial_id, "cpus_per_worker": cpus_per_worker},
+                           "trial_id": trial_id, "cpus_per_worker": cpus_per_worker, "probe": probe},
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=ray.train.RunConfig(
             name=f"trial-{trial_id}",
@@ -124,11 +145,19 @@ def run_trial(params: dict[str, Any], settings: SweepSettings) -> None:
     split = get_split(settings.split, settings.splits_dirs)
     space = load_search_space(settings.search_space)
     budget = budget_for(settings.budget, split)
+    params = dict(params)
+    warm_start, init_from = params.pop("warm_start", None), params.pop("init_from", None)
     config = trial_train_config(settings, split, space, budget, params)
-    fit_trial(config, eval_config(settings, budget), tune.get_context().get_trial_id(), settings.run_dir / "train",
+    if warm_start:
+        if not init_from:
+            tune.report(failed_result(f"warm start: the sweep's {warm_start} baseline did not finish"))
+            return
+        config = warm_start_config(config, budget, settings.warm_start_fraction, init_from)
+    evaluation = eval_config(settings, budget)
+    fit_trial(config, evaluation, tune.get_context().get_trial_id(), settings.run_dir / "train",
               settings.workers_per_trial, settings.cpus_per_worker,
               settings.gpus_per_worker or 0.0,  # None (auto) is resolved by run_sweep before trials start
-              settings.max_failures, settings.placement_timeout)
+              settings.max_failures, settings.placement_timeout, probe=probe_config(settings, evaluation, config.steps))
 
 
 def run_cell_trial(params: dict[str, Any], cells: dict[str, dict[str, Any]], storage_dir: str, workers: int,

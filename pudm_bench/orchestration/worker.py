@@ -22,6 +22,7 @@ from pudm_bench.data.splits import get_split
 from pudm_bench.errors import PudmError
 from pudm_bench.scoring.evaluate import EvalConfig
 from pudm_bench.search.pareto import QUALITY, RATE
+from pudm_bench.search.rungs import RUNG_PREFIX
 from pudm_bench.training.config import TrainConfig
 
 
@@ -42,7 +43,11 @@ def _quiet_train_reports() -> None:
 
 
 def train_worker(loop_config: dict[str, Any]) -> None:
-    """One Ray Train worker: restore the latest checkpoint, train, evaluate on rank 0, report (every rank)."""
+    """One Ray Train worker: restore the latest checkpoint, train, evaluate on rank 0, report (every rank).
+
+    ``loop_config["probe"]`` (``--scheduler moasha``): {"steps": the rung steps, "eval_config": the rung's
+    EvalConfig}; at each rung step rank 0 scores the model on that smaller sample set and reports the scores as
+    ``rung_<metric>`` with ``phase: "rung"``."""
     import torch
 
     from pudm_bench.prior.estimate import prior_step
@@ -80,9 +85,25 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             ckpt = ray.train.Checkpoint.from_directory(str(path)) if path is not None else None
             ray.train.report(self.last, checkpoint=ckpt, checkpoint_dir_name=f"step_{step:08d}")
 
+        def on_probe(self, step: int, generator) -> None:
+            # A rung of successive halving: rank 0 scores a small sample set as the final evaluation would (same
+            # referees, metrics and sampler, fewer samples); every rank reports (a report is a barrier), and Tune
+            # sees rank 0's scores, which its scheduler may answer by stopping the trial here.
+            report = {"phase": "rung", "rung": rung_steps.index(step), "step": float(step)}
+            if rank == 0:
+                metrics = evaluate_model(generator, split, rung_eval, data_dir=config.data_dir,
+                                         download=config.download)
+                report.update({f"{RUNG_PREFIX}{k}": v for k, v in metrics.items()
+                               if isinstance(v, (int, float)) and not isinstance(v, bool)})
+            ray.train.report(report)
+
+    probe = loop_config.get("probe") or {}
+    rung_steps = list(probe.get("steps", ()))
+    rung_eval = EvalConfig(**probe["eval_config"]) if rung_steps else None
     prepare = ray.train.torch.prepare_model if context.get_world_size() > 1 else None
     try:
-        result = train(config, split, run_dir, callbacks=[Reporter()], prepare_model=prepare, prior_step=prior_step)
+        result = train(config, split, run_dir, callbacks=[Reporter()], prepare_model=prepare, prior_step=prior_step,
+                       probe_steps=rung_steps)
     except PudmError as exc:
         # Not an infrastructure failure (a non-finite loss, bad data or config): retrying the same config would
         # fail the same way. Report it as the trial's final result (NaN objectives make Optuna record the trial as

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pudm_bench.data.splits import SplitSpec
@@ -138,6 +138,14 @@ def make_eval_config(budget: Budget, quality: str, seed: int, referee_floor: flo
                       fid="on" if quality == "fid" or inception else "off",
                       referee_floor=referee_floor, referee_epochs=referee_epochs or budget.referee_epochs,
                       cache_dir=str(cache_dir), diversity=budget.diversity)
+
+
+def rung_eval_config(evaluation: EvalConfig, samples: int | None = None) -> EvalConfig:
+    """How a trial is scored at a rung of successive halving: the final evaluation's referees, metrics, sampler and
+    seed on fewer samples (``samples``; default a third of the final count, at least 16), so every trial at a
+    rung is scored alike and cheaply."""
+    n = min(evaluation.num_samples, samples or max(16, evaluation.num_samples // 3))
+    return replace(evaluation, num_samples=n, pr_neighbours=min(evaluation.pr_neighbours, n - 1))
 
 
 def default_constraints(split: SplitSpec, budget: Budget) -> tuple[str, ...]:

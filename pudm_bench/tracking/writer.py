@@ -217,6 +217,9 @@ class SweepTracker:
         self.client.log_figure(run_id, coverage_plot(rows, title), "coverage.png")
         self._log(run_id, tags={TAG_MISSING_CLASSES: ", ".join(str(r["class"]) for r in rows if r["missing"])})
 
+    def tag_trial(self, trial_id: str, tags: dict[str, Any]) -> None:
+        self._log(self._child(trial_id), tags={mlflow_key(k): truncated(v, MAX_TAG_VALUE) for k, v in tags.items()})
+
     def end_trial(self, trial_id: str, status: str, error: str | None = None) -> None:
         """Close the trial's run as FINISHED, FAILED or KILLED; ``error`` goes to the tag ``pudm.error`` (at most
         5000 characters)."""

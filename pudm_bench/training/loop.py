@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -47,6 +48,11 @@ class Callback:
 
     def on_checkpoint(self, step: int, path: Path | None) -> None:
         """After a checkpoint is complete on disk (rank 0 writes it; other ranks get ``path=None``)."""
+
+    def on_probe(self, step: int, generator: Any) -> None:
+        """At each of ``train(..., probe_steps)`` before the last step: ``generator`` samples the model as it is
+        now (its EMA weights when EMA is on), e.g. to score it at a rung of successive halving. Training goes on
+        afterwards exactly as without the probe (weights, RNG streams and train mode are restored)."""
 
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
@@ -119,6 +125,7 @@ def train(
     prepare_model: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
     resume: bool = True,
     prior_step: PriorStep | None = None,
+    probe_steps: Sequence[int] = (),
 ) -> TrainResult:
     """Train ``config.method`` on ``split`` for ``config.steps`` steps; checkpoints in ``run_dir/checkpoints``.
 
@@ -127,7 +134,8 @@ def train(
     global batch's noise and timesteps), the risk is the global batch's (its statistics summed over ranks before
     the correction), and only rank 0 writes checkpoints. With ``resume`` the latest checkpoint in ``run_dir`` is
     restored exactly (weights, optimizer, schedule, EMA, noise RNG), so N steps in one go and N/2 + N/2 with a
-    restart give the same weights on a CPU.
+    restart give the same weights on a CPU. At each of ``probe_steps`` (before the last) the callbacks'
+    ``on_probe`` get a generator of the model as it is then.
     """
     run_dir = Path(run_dir).resolve()
     rank, world_size = dist_info()
@@ -251,6 +259,10 @@ def train(
                                        generator=generator, ema=ema, config=saved_config)
             for callback in callbacks:
                 callback.on_checkpoint(step, path)
+        if step in probe_steps and not is_last:
+            with _probing(model, ema, params, device):
+                for callback in callbacks:
+                    callback.on_probe(step, denoiser.generator())
 
     train_seconds = time.perf_counter() - start_time
     if ema is not None:
@@ -259,6 +271,24 @@ def train(
     prior_metrics = {k: float(v) for k, v in prior_info.items() if isinstance(v, (int, float))}
     return TrainResult(model=model, noise_scheduler=noise_scheduler, step=step, resumed_from=start_step,
                        metrics=metrics, train_seconds=train_seconds, prior_metrics=prior_metrics, denoiser=denoiser)
+
+
+@contextmanager
+def _probing(model: torch.nn.Module, ema: EMAModel | None, params: Sequence[torch.nn.Parameter],
+             device: torch.device):
+    """The model in eval mode with its EMA weights, and every RNG stream forked: the training after a probe is the
+    training without one (the sampler draws from its own seeded generator, but a module may draw from torch's)."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        if ema is not None:
+            ema.store(params)
+            ema.copy_to(params)
+        model.eval()
+        try:
+            yield
+        finally:
+            model.train()
+            if ema is not None:
+                ema.restore(params)
 
 
 def save_pipeline(result: TrainResult, run_dir: Path) -> Path:
