@@ -314,3 +314,36 @@ def test_a_warm_started_trial_trains_a_fraction_of_the_budget_from_the_baseline(
         ("/runs/x/final", 200, 17, 50, 200)
     tiny = warm_start_config(base, budget, 0.001, "/runs/x/final")
     assert (tiny.steps, tiny.warmup_steps, tiny.log_every) == (1, 0, 1)
+
+
+# ------------------------------------------------------------------------ a stopped trial in the results
+
+
+def test_a_trial_stopped_at_a_rung_is_stopped_in_the_results_off_the_front_and_printed_as_such(tmp_path, capsys):
+    """Its last report was a rung's: status STOPPED, no final objectives (so excluded, never on the front), listed
+    under "Stopped at a rung" and not among the trials that break a constraint."""
+    from pudm_bench.cli.sweep import build_parser, print_summary, settings_from_args
+    from pudm_bench.orchestration.runner import trial_records
+    from pudm_bench.orchestration.sweep import results_frame
+    from pudm_bench.search.pareto import summarize
+    from pudm_bench.search.space import load_search_space
+
+    s = settings_from_args(build_parser().parse_args(["--budget", "smoke", "--storage", str(tmp_path),
+                                                      "--scheduler", "moasha"]))
+    final = {"phase": "final", "non_sensitive_rate": 0.9, "fd_per_class": 10.0, "coverage_missing": 0,
+             "realistic_share": 0.8}
+    grid = [SimpleNamespace(metrics={"trial_id": "aaaaaaaa", **final}, config={"beta": 0.1}, path="x", error=None),
+            SimpleNamespace(metrics={"trial_id": "bbbbbbbb", "phase": "rung", "rung": 0, "step": 7.0,
+                                     "rung_non_sensitive_rate": 0.5}, config={"beta": 0.3}, path="y", error=None)]
+    records = trial_records(grid)
+    assert [r["status"] for r in records] == ["TERMINATED", "STOPPED"]
+    frame = results_frame(records, s, load_search_space(s.search_space))
+    summary = summarize(frame, s.parsed_constraints)
+    assert list(summary.front.trial_id) == ["aaaaaaaa"]
+    assert summary.trials.set_index("trial_id").loc["bbbbbbbb", "excluded"]
+    print_summary({"summary": summary, "wall_seconds": 1.0, "tracking_uri": "sqlite:///x", "experiment": "e",
+                   "parent_run_id": "p"}, s)
+    out = capsys.readouterr().out
+    stopped = out.split("Stopped at a rung by --scheduler moasha")[1]
+    assert "bbbbbbbb" in stopped.split("\n\n")[0]
+    assert "break a constraint" not in out or "bbbbbbbb" not in out.split("break a constraint")[1].split("\n\n")[0]
