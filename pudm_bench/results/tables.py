@@ -209,7 +209,9 @@ def diversity_table(table, the_plan: Plan) -> str:
                                          "realistic share ↑ |", "|---|---|---|---|---|---|"]
         for r in rows.itertuples():
             tv = _mean_std(r.coverage_tv_mean, r.coverage_tv_std, 3) if math.isfinite(r.coverage_tv_mean) else "—"
-            out.append(f"| {r.method} | {tv} | {r.coverage_missing_classes or 'none'} | "
+            # "none" only where some run of the method was scored: a method with no finished run has no classes to list.
+            missing = r.coverage_missing_classes or ("none" if math.isfinite(r.precision_mean) else "—")
+            out.append(f"| {r.method} | {tv} | {missing} | "
                        f"{_mean_std(r.precision_mean, r.precision_std, 3)} | {_mean_std(r.recall_mean, r.recall_std, 3)} | "
                        f"{_mean_std(r.realistic_share_mean, r.realistic_share_std, 3)} |")
         floor = rows["coverage_tv_real_normal"].dropna()
