@@ -14,8 +14,6 @@ STAMP := $(VENV)/.pudm-installed
 # once installed, diffusers imports both in every process that builds a UNet (about 1.5 s each).
 TEST_STAMP := $(VENV)/.pudm-test-installed
 PYTEST_ARGS ?=
-# make test runs the suite on two pytest-xdist workers, one test module at a time each (tests/conftest.py).
-PYTEST_WORKERS ?= 2
 
 .PHONY: install run test test-fast clean-venv
 
@@ -36,10 +34,10 @@ run: $(STAMP)
 	$(PY) -m pudm_bench.sweep
 
 test: $(TEST_STAMP)
-	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: $(TEST_STAMP)
-	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadscope -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)
