@@ -221,7 +221,8 @@ def test_runs_that_break_a_default_constraint_are_flagged_and_the_realistic_rate
 
 
 def test_diversity_table_shows_coverage_precision_recall_and_missing_classes(tmp_path):
-    settings = settings_for(write_suite(tmp_path, suite_data()), tmp_path)
+    methods = {**suite_data()["methods"], "filter": {"method": "filter"}}  # planned, never finished: no scores
+    settings = settings_for(write_suite(tmp_path, suite_data(methods=methods)), tmp_path)
     the_plan = plan(settings, load_suite(settings.suite_file))
     scores = {  # cell -> coverage_tv, missing classes, precision, recall
         "digits_even/unsupervised/seed0": (0.05, "", 0.9, 0.8),
@@ -246,6 +247,7 @@ def test_diversity_table_shows_coverage_precision_recall_and_missing_classes(tmp
     assert "Normal-class coverage" in text and "**digits_even**" in text
     assert "| pu-abs | 0.350 ± 0.071 | six (2/2), four (1/2) | 0.960 ± 0.014 | 0.550 ± 0.071 | 0.900 ± 0.000 |" in text
     assert "| unsupervised | 0.060 ± 0.014 | none | 0.850 ± 0.071 | 0.850 ± 0.071 | 0.900 ± 0.000 |" in text
+    assert "| filter | — | — | — | — | — |" in text  # no run scored: no classes to call missing, not "none"
     assert "Real held-out images, scored the same way: coverage TV 0.040 (the floor" in text
     metrics = table_metrics(table)
     assert metrics["digits_even/pu-abs/coverage_tv_mean"] == pytest.approx(0.35)

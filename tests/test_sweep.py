@@ -517,15 +517,16 @@ def test_stopping_trials_early_frees_their_train_workers(tmp_path):
     import ray
     from ray import tune
 
-    # --placement-timeout: the third trial waits for the first two's CPUs, and on a busy machine (an xdist worker
+    # --placement-timeout: the third trial waits for the first two's CPUs, and on a busy machine (another Ray cluster
     # beside this one) a Train worker can take longer to start than Ray Train's default 60 s, which would restart the
     # worker group, again and again, instead of waiting.
     s = settings(tmp_path, "--budget", "smoke", "--gpus-per-worker", "0", "--placement-timeout", "300")
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     from pudm_bench.orchestration.cluster import dashboard_port
 
-    # address "local": a new cluster, never one another process (an xdist worker beside this one) recorded in /tmp/ray
-    ray.init(address="local", num_cpus=2, dashboard_host="127.0.0.1", dashboard_port=dashboard_port(), log_to_driver=False)
+    # address "local": a cluster of its own, never one that another process on this machine recorded in /tmp/ray
+    ray.init(address="local", num_cpus=2, dashboard_host="127.0.0.1", dashboard_port=dashboard_port(),
+             log_to_driver=False)
     try:
         trainable = tune.with_resources(tune.with_parameters(trial.run_trial, settings=s), {"cpu": 0.01})
         tuner = tune.Tuner(
