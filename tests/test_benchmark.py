@@ -58,6 +58,23 @@ def test_shipped_suites_load_and_name_the_papers_splits():
     assert finetune.splits == ("cifar10_vehicles", "cifar10_animals", "celeba_male", "celeba_female")
 
 
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+
+
+@pytest.mark.parametrize("part", sorted(RESULTS.glob("mnist16/*.yaml")), ids=lambda p: p.stem)
+def test_a_part_of_a_long_benchmark_runs_the_suites_own_methods(part):
+    """A part's suite file (benchmarks/results/mnist16/README.md) may pick splits and methods of mnist16, never change
+    one: its rows are merged into mnist16's table (--merge) as if that suite had run them."""
+    whole, piece = load_suite("mnist16"), load_suite(str(part))
+    assert piece.name == part.stem  # the runs folder and MLflow experiment are named after it
+    assert set(piece.splits) <= set(whole.splits) and piece.budget == whole.budget and piece.train == whole.train
+    methods = {m.label: m for m in whole.methods}
+    for method in piece.methods:
+        assert method == methods[method.label], method.label
+        if method.init:  # a warm-started method's source runs in the same part (runs do not outlive a session)
+            assert method.init in {m.label for m in piece.methods}, method.label
+
+
 @pytest.mark.parametrize(("changes", "message"), [
     ({"seed": 3}, "did you mean 'seeds'"),
     ({"splits": []}, "splits must be a non-empty list"),
