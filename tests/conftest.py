@@ -8,6 +8,29 @@ from pathlib import Path
 import pytest
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread_per_xdist_worker():
+    """`make test` runs the fast tests on two xdist workers: with torch's default 2 intra-op threads each, they would
+    oversubscribe 2 cores, and OpenMP's spinning threads then slow small tensor ops many times over
+    (docs/performance.md, item 8). A worker uses one thread and passes that on to the processes it starts."""
+    import os
+
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        yield
+        return
+    import torch
+
+    old = (torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS"))
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    yield
+    torch.set_num_threads(old[0])
+    if old[1] is None:
+        os.environ.pop("OMP_NUM_THREADS", None)
+    else:
+        os.environ["OMP_NUM_THREADS"] = old[1]
+
+
 @pytest.fixture
 def relaxed_md5(monkeypatch: pytest.MonkeyPatch) -> None:
     """Let torchvision's CIFAR10, STL10 and CelebA loaders accept the tiny files tests write.
@@ -114,7 +137,7 @@ def pets_sweep_losing_a_node(tmp_path_factory, empty_mlflow_store):
       page and found through --splits-dir alone;
     - tests/test_reliability.py: the sweep completes when the node running a trial's worker is lost.
 
-    The sweep (``python -m pudm_bench.sweep --split pets_no_dogs --splits-dir DIR``, 2 trials) runs on a
+    The sweep (``python -m pudm_bench.sweep --split pets_no_dogs --splits-dir DIR``, 1 trial) runs on a
     multi-node ``ray.cluster_utils.Cluster`` and loses a node mid-trial; each test asserts its part of the outcome.
     Returns (sweep output, tracking URI, parent runs, trial runs) of the experiment pudm-pets_no_dogs.
     """

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from mlflow import MlflowClient
 
 from pudm_bench.cli.sweep import build_parser, main, settings_from_args
@@ -23,7 +24,12 @@ from pudm_bench.orchestration.settings import check_resume
 from pudm_bench.orchestration.trial import trial_train_config
 from pudm_bench.search.budgets import budget_for
 from pudm_bench.search.space import BASELINE_METHODS, load_search_space
-from tests.helpers import assert_coverage_matches_its_histogram, assert_rate_is_a_scored_count, read_back
+from tests.helpers import (
+    another_local_ray_instance,
+    assert_coverage_matches_its_histogram,
+    assert_rate_is_a_scored_count,
+    read_back,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -487,22 +493,30 @@ def separable_stl10(rng, labels):
 
 @pytest.mark.slow
 def test_smoke_sweep_on_stl10_files_in_torchvision_format(tmp_path, mlflow_store):
-    """stl10_vehicles (2,000 + 200 U, 200 S, 3,200 normal test) from STL10 binaries the test writes."""
+    """stl10_vehicles with 400 normal test images instead of 3,200 (2,000 + 200 U, 200 S; a split file of the user's
+    beside it) from STL10 binaries the test writes. The shipped split's 3,200 cost ~20 s of referee features twice
+    (its held-out accuracy, the trial's quality) and show nothing more; their count is checked in
+    tests/data/test_splits.py."""
     from tests.dataset_files import write_stl10
 
     data = tmp_path / "data"
     train = [c for c in STL10_VEHICLES for _ in range(500)] + [c for c in (1, 3, 4, 5, 6, 7) for _ in range(70)]
-    test = [c for c in STL10_VEHICLES for _ in range(800)] + [c for c in (1, 3, 4, 5, 6, 7) for _ in range(10)]
+    test = [c for c in STL10_VEHICLES for _ in range(100)] + [c for c in (1, 3, 4, 5, 6, 7) for _ in range(10)]
     write_stl10(data, train, test, make_images=separable_stl10)
+    splits = tmp_path / "splits"
+    splits.mkdir()
+    split = yaml.safe_load(Path(get_split("stl10_vehicles").source).read_text())
+    split["counts"]["normal_test"] = 400
+    (splits / "stl10_vehicles_400.yaml").write_text(yaml.safe_dump({**split, "name": "stl10_vehicles_400"}))
     uri = mlflow_store  # an empty store, copied (conftest)
     # The sweep and its Ray workers are other processes: the md5 relaxation reaches them via sitecustomize.
     relaxed = str(Path(__file__).parent / "fixtures" / "relaxed_md5")
     pythonpath = os.pathsep.join(p for p in (relaxed, os.environ.get("PYTHONPATH", "")) if p)
-    done = run_cli(["--dataset", "stl10", "--budget", "smoke", "--trials", "1", "--no-baselines", "--quality",
-                    "fd_classifier", "--data-dir", str(data), "--storage", str(tmp_path / "store"),
-                    "--mlflow-uri", uri, "--quiet"], env={"PYTHONPATH": pythonpath})
+    done = run_cli(["--split", "stl10_vehicles_400", "--splits-dir", str(splits), "--budget", "smoke", "--trials", "1",
+                    "--no-baselines", "--quality", "fd_classifier", "--data-dir", str(data),
+                    "--storage", str(tmp_path / "store"), "--mlflow-uri", uri, "--quiet"], env={"PYTHONPATH": pythonpath})
     assert done.returncode == 0, done.stderr[-3000:]
-    _, parents, children = read_back(uri, "pudm-stl10_vehicles")
+    _, parents, children = read_back(uri, "pudm-stl10_vehicles_400")
     assert len(children) == 1 and children[0].info.status == "FINISHED"
     assert parents[0].data.tags["pudm.dataset"] == "stl10"
     assert_rate_is_a_scored_count(children[0].data.metrics, int(children[0].data.metrics["num_samples"]))
@@ -511,40 +525,53 @@ def test_smoke_sweep_on_stl10_files_in_torchvision_format(tmp_path, mlflow_store
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)  # a worker group that never starts (an overloaded machine) fails the test, not the suite
-def test_stopping_trials_early_frees_their_train_workers(tmp_path):
-    """More trials than fit at once, each stopped after its first report while its Train worker still runs: all
-    CPUs must be free again afterwards (Ray 2.60 needed ray[default] for this)."""
+def test_stopping_trials_early_frees_their_train_workers(tmp_path, monkeypatch):
+    """More trials than fit at once, each stopped after its first report while its Train worker still runs: the
+    second trial runs only once the first has freed its worker, and all CPUs are free again afterwards (Ray 2.60
+    needed ray[default] for this) — also while a second Ray instance runs on the machine, where Ray Train's
+    placement-group cleaner failed ("Found multiple active Ray instances") until start_ray pinned RAY_ADDRESS."""
     import ray
     from ray import tune
 
-    # --placement-timeout: the third trial waits for the first two's CPUs, and on a busy machine (another Ray cluster
-    # beside this one) a Train worker can take longer to start than Ray Train's default 60 s, which would restart the
-    # worker group, again and again, instead of waiting.
-    s = settings(tmp_path, "--budget", "smoke", "--gpus-per-worker", "0", "--placement-timeout", "300")
-    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
-    from pudm_bench.orchestration.cluster import dashboard_port
+    from pudm_bench.orchestration.cluster import start_ray
 
-    # address "local": a cluster of its own, never one that another process on this machine recorded in /tmp/ray
-    ray.init(address="local", num_cpus=2, dashboard_host="127.0.0.1", dashboard_port=dashboard_port(),
-             log_to_driver=False)
-    try:
-        trainable = tune.with_resources(tune.with_parameters(trial.run_trial, settings=s), {"cpu": 0.01})
-        tuner = tune.Tuner(
-            trainable,
-            param_space={"beta": tune.uniform(0.05, 0.3), "correction": "abs", "lr": 1e-3},
-            tune_config=tune.TuneConfig(num_samples=3, max_concurrent_trials=3),
-            run_config=tune.RunConfig(storage_path=str(tmp_path / "tune"), stop={"training_iteration": 1},
-                                      verbose=0),
-        )
-        results = tuner.fit()
-        assert len(results) == 3
-        assert all(r.metrics.get("phase") == "train" for r in results)  # stopped during training, not after
-        deadline = time.time() + 90
-        while ray.available_resources().get("CPU", 0) < 2 and time.time() < deadline:
-            time.sleep(1)
-        assert ray.available_resources().get("CPU", 0) == pytest.approx(2)
-    finally:
-        ray.shutdown()
+    # --placement-timeout: the second trial waits for the first one's CPU, and on a busy machine a Train worker can
+    # take longer to start than Ray Train's default 60 s, which would restart the worker group, again and again,
+    # instead of waiting; if the first trial never freed its worker, the second fails after 300 s and so does this.
+    s = settings(tmp_path, "--budget", "smoke", "--gpus-per-worker", "0", "--placement-timeout", "300")
+    for name in ("RAY_USAGE_STATS_ENABLED", "TUNE_DISABLE_STRICT_METRIC_CHECKING", "TUNE_GLOBAL_CHECKPOINT_S",
+                 "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "RAY_AUTH_MODE", "RAY_ADDRESS"):
+        monkeypatch.delenv(name, raising=False)  # start_ray sets them for this process; restored afterwards
+
+    @ray.remote(num_cpus=0)
+    def state_api_address():
+        import ray.util.state
+        ray.util.state.list_nodes()  # raised "Found multiple active Ray instances" without the pinned address
+        return os.environ.get("RAY_ADDRESS")
+
+    with another_local_ray_instance():
+        start_ray(None, 2, 0)  # the sweep's own start-up: a local cluster, the setup hook that pins RAY_ADDRESS
+        try:
+            assert ray.get(state_api_address.remote()) == ray.get_runtime_context().gcs_address
+            # Two trials' own processes hold 1 of the 2 CPUs, so one 1-CPU Train worker fits at a time: the second
+            # trial waits for the first one's worker (a third trial would only repeat that, ~15 s).
+            trainable = tune.with_resources(tune.with_parameters(trial.run_trial, settings=s), {"cpu": 0.5})
+            tuner = tune.Tuner(
+                trainable,
+                param_space={"beta": tune.uniform(0.05, 0.3), "correction": "abs", "lr": 1e-3},
+                tune_config=tune.TuneConfig(num_samples=2, max_concurrent_trials=2),
+                run_config=tune.RunConfig(storage_path=str(tmp_path / "tune"), stop={"training_iteration": 1},
+                                          verbose=0),
+            )
+            results = tuner.fit()
+            assert len(results) == 2
+            assert all(r.metrics.get("phase") == "train" for r in results)  # stopped during training, not after
+            deadline = time.time() + 90
+            while ray.available_resources().get("CPU", 0) < 2 and time.time() < deadline:
+                time.sleep(1)
+            assert ray.available_resources().get("CPU", 0) == pytest.approx(2)
+        finally:
+            ray.shutdown()
 
 
 def test_train_workers_do_not_log_every_report():

@@ -40,12 +40,15 @@ def start_ray(ray_address: str | None, num_cpus: int | None, verbose: int) -> bo
         # The dashboard stays on (bound to 127.0.0.1): Ray Train's placement-group cleaner asks its state API
         # whether a stopped trial's controller is gone; without it, early-stopped trials keep their CPUs.
         local_options = ({"num_cpus": num_cpus, "dashboard_host": "127.0.0.1", "dashboard_port": dashboard_port()}
-                         if local
-                         else {"runtime_env": {"env_vars": {name: os.environ[name] for name in TRAIN_ENV}}})
+                         if local else {})
+        runtime_env = {"worker_process_setup_hook": f"{__name__}.pin_ray_address"}
+        if not local:
+            runtime_env["env_vars"] = {name: os.environ[name] for name in TRAIN_ENV}
         # Without --ray-address (or RAY_ADDRESS), "local": a cluster of our own, even when another one on this
         # machine recorded itself in /tmp/ray (ray.init() with no address would join that one).
         try:
-            ray.init(address=ray_address or "local", log_to_driver=verbose > 0, **local_options)
+            ray.init(address=ray_address or "local", log_to_driver=verbose > 0, runtime_env=runtime_env,
+                     **local_options)
         except Exception as exc:  # Ray raises a bare Exception when its new local node misses its start-up window
             if ray_address or "timed out during startup" not in str(exc):
                 raise
@@ -55,6 +58,19 @@ def start_ray(ray_address: str | None, num_cpus: int | None, verbose: int) -> bo
                             "work?); run the command again, or start a cluster with `ray start --head` and pass "
                             "--ray-address auto") from None
     return ray.cluster_resources().get("GPU", 0) >= 1
+
+
+def pin_ray_address() -> None:
+    """Ray worker-process setup hook: point this worker's Ray state API at its own cluster (RAY_ADDRESS).
+
+    Ray Train 2.60's placement-group cleaner (a detached actor per trial) asks ``ray.util.state.get_actor`` whether
+    the trial's Train controller is gone, with no address; when a second Ray instance runs on the same machine (two
+    sweeps, a sweep beside a benchmark, a test beside either) that call raises "Found multiple active Ray
+    instances", the cleaner's thread dies, and a trial stopped early never frees its Train workers' placement group:
+    later trials wait for CPUs until --placement-timeout. The state API reads RAY_ADDRESS before guessing, so each
+    worker sets it to the GCS it is connected to (setdefault: an address the user exported wins).
+    """
+    os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
 
 
 def dashboard_port(host: str = "127.0.0.1") -> int:
