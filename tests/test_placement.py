@@ -165,10 +165,9 @@ def test_a_local_ray_node_that_misses_its_start_up_window_is_one_line(monkeypatc
 
     from pudm_bench.errors import PudmError
     from pudm_bench.orchestration import cluster
+    from tests.helpers import isolate_start_ray_env
 
-    for name in ("RAY_USAGE_STATS_ENABLED", "TUNE_DISABLE_STRICT_METRIC_CHECKING", "TUNE_GLOBAL_CHECKPOINT_S",
-                 "RAY_AUTH_MODE", *cluster.TRAIN_ENV):  # start_ray sets these for its cluster: restored after the test
-        monkeypatch.setenv(name, os.environ.get(name, "0"))
+    isolate_start_ray_env(monkeypatch)
 
     def init(**kwargs):
         raise Exception("The current node timed out during startup. This could happen because ...")

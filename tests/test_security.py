@@ -23,6 +23,7 @@ from pudm_bench.orchestration import settings as run_settings
 from pudm_bench.search.space import load_search_space
 from pudm_bench.tracking import check_experiment_name, redact
 from pudm_bench.training.checkpoint import load_checkpoint, save_checkpoint
+from tests.helpers import isolate_start_ray_env
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,12 +42,33 @@ class Payload:
 
 
 def test_a_local_ray_cluster_binds_its_dashboard_to_localhost(monkeypatch):
+    isolate_start_ray_env(monkeypatch)
     seen = {}
     monkeypatch.setattr(cluster.ray, "is_initialized", lambda: False)
     monkeypatch.setattr(cluster.ray, "init", lambda **kwargs: seen.update(kwargs))
     monkeypatch.setattr(cluster.ray, "cluster_resources", lambda: {"CPU": 2.0})
     cluster.start_ray(None, 2, 0)
     assert seen["dashboard_host"] == "127.0.0.1" and seen["address"] == "local"  # never another cluster
+    # The cluster's processes (they inherit this environment) ask that dashboard, and no other Ray instance on the
+    # machine, for the state of actors (Ray Train's placement-group cleaner: docs/reliability.md).
+    assert os.environ[cluster.STATE_API_ENV] == f"http://127.0.0.1:{seen['dashboard_port']}"
+
+
+@pytest.mark.parametrize("address, pinned", [("10.0.0.5:6379", "10.0.0.5:6379"), ("auto", None),
+                                             ("ray://10.0.0.5:10001", None)])
+def test_a_joined_clusters_jobs_ask_that_cluster_for_actor_state(monkeypatch, address, pinned):
+    """A joined cluster's processes do not inherit the driver's environment: the job's env_vars carry its GCS
+    address when the user named one ('auto' resolves on the cluster; a Ray Client address is no GCS address)."""
+    isolate_start_ray_env(monkeypatch)
+    seen = {}
+    monkeypatch.setattr(cluster.ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(cluster.ray, "init", lambda **kwargs: seen.update(kwargs))
+    monkeypatch.setattr(cluster.ray, "cluster_resources", lambda: {"CPU": 2.0})
+    cluster.start_ray(address, None, 0)
+    env_vars = seen["runtime_env"]["env_vars"]
+    assert env_vars.get("RAY_ADDRESS") == pinned
+    assert env_vars["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == cluster.TRAIN_ENV["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"]
+    assert cluster.STATE_API_ENV not in os.environ  # a local cluster's dashboard address is not for a joined one
 
 
 def test_a_second_local_cluster_gets_another_dashboard_port(monkeypatch):

@@ -28,6 +28,7 @@ from tests.helpers import (
     another_local_ray_instance,
     assert_coverage_matches_its_histogram,
     assert_rate_is_a_scored_count,
+    isolate_start_ray_env,
     read_back,
 )
 
@@ -529,7 +530,7 @@ def test_stopping_trials_early_frees_their_train_workers(tmp_path, monkeypatch):
     """More trials than fit at once, each stopped after its first report while its Train worker still runs: the
     second trial runs only once the first has freed its worker, and all CPUs are free again afterwards (Ray 2.60
     needed ray[default] for this) — also while a second Ray instance runs on the machine, where Ray Train's
-    placement-group cleaner failed ("Found multiple active Ray instances") until start_ray pinned RAY_ADDRESS."""
+    placement-group cleaner failed ("Found multiple active Ray instances") until start_ray pinned its state API."""
     import ray
     from ray import tune
 
@@ -539,20 +540,18 @@ def test_stopping_trials_early_frees_their_train_workers(tmp_path, monkeypatch):
     # take longer to start than Ray Train's default 60 s, which would restart the worker group, again and again,
     # instead of waiting; if the first trial never freed its worker, the second fails after 300 s and so does this.
     s = settings(tmp_path, "--budget", "smoke", "--gpus-per-worker", "0", "--placement-timeout", "300")
-    for name in ("RAY_USAGE_STATS_ENABLED", "TUNE_DISABLE_STRICT_METRIC_CHECKING", "TUNE_GLOBAL_CHECKPOINT_S",
-                 "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "RAY_AUTH_MODE", "RAY_ADDRESS"):
-        monkeypatch.delenv(name, raising=False)  # start_ray sets them for this process; restored afterwards
+    isolate_start_ray_env(monkeypatch)  # start_ray sets variables in this process for its cluster
 
     @ray.remote(num_cpus=0)
-    def state_api_address():
+    def nodes_seen_by_the_state_api():
         import ray.util.state
-        ray.util.state.list_nodes()  # raised "Found multiple active Ray instances" without the pinned address
-        return os.environ.get("RAY_ADDRESS")
+        # Raised "Found multiple active Ray instances" before start_ray pointed its processes at their own cluster.
+        return [node.node_id for node in ray.util.state.list_nodes()]
 
     with another_local_ray_instance():
-        start_ray(None, 2, 0)  # the sweep's own start-up: a local cluster, the setup hook that pins RAY_ADDRESS
+        start_ray(None, 2, 0)  # the sweep's own start-up: a local cluster whose processes know their dashboard
         try:
-            assert ray.get(state_api_address.remote()) == ray.get_runtime_context().gcs_address
+            assert ray.get(nodes_seen_by_the_state_api.remote()) == [ray.get_runtime_context().get_node_id()]
             # Two trials' own processes hold 1 of the 2 CPUs, so one 1-CPU Train worker fits at a time: the second
             # trial waits for the first one's worker (a third trial would only repeat that, ~15 s).
             trainable = tune.with_resources(tune.with_parameters(trial.run_trial, settings=s), {"cpu": 0.5})

@@ -20,6 +20,15 @@ DASHBOARD_PORT = 8265  # Ray's default
 # Polling every 0.5 s costs the controller one small RPC per poll. Measured in docs/performance.md.
 TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
 
+# Ray Train 2.60's placement-group cleaner (a detached actor per trial) asks ``ray.util.state`` whether the trial's
+# Train controller is gone, without an address; with a second Ray instance on the machine (two sweeps, a sweep beside
+# a benchmark, a test beside either) that call raised "Found multiple active Ray instances", the cleaner died, and a
+# trial stopped early never freed its Train workers: later trials waited for CPUs until --placement-timeout. The
+# state API reads this variable (then RAY_ADDRESS) before guessing, so every process of our cluster is pointed at
+# its own dashboard (docs/reliability.md). An environment variable rather than a job runtime_env with a
+# worker-process setup hook: that cost ~1 s per new Ray worker process (measured in docs/performance.md).
+STATE_API_ENV = "RAY_API_SERVER_ADDRESS"
+
 
 def start_ray(ray_address: str | None, num_cpus: int | None, verbose: int) -> bool:
     """Join ``ray_address`` ('auto': a running cluster) or start a local cluster; True when it has a GPU."""
@@ -39,16 +48,21 @@ def start_ray(ray_address: str | None, num_cpus: int | None, verbose: int) -> bo
         local = ray_address is None
         # The dashboard stays on (bound to 127.0.0.1): Ray Train's placement-group cleaner asks its state API
         # whether a stopped trial's controller is gone; without it, early-stopped trials keep their CPUs.
-        local_options = ({"num_cpus": num_cpus, "dashboard_host": "127.0.0.1", "dashboard_port": dashboard_port()}
-                         if local else {})
-        runtime_env = {"worker_process_setup_hook": f"{__name__}.pin_ray_address"}
-        if not local:
-            runtime_env["env_vars"] = {name: os.environ[name] for name in TRAIN_ENV}
+        options: dict = {}
+        if local:
+            port = dashboard_port()
+            options = {"num_cpus": num_cpus, "dashboard_host": "127.0.0.1", "dashboard_port": port}
+            # Every process of a local cluster inherits this environment: their state API asks our dashboard.
+            os.environ[STATE_API_ENV] = f"http://127.0.0.1:{port}"
+        else:
+            env_vars = {name: os.environ[name] for name in TRAIN_ENV}
+            if ":" in ray_address and "://" not in ray_address:  # a GCS address (host:port), not "auto" or ray://
+                env_vars["RAY_ADDRESS"] = ray_address
+            options = {"runtime_env": {"env_vars": env_vars}}
         # Without --ray-address (or RAY_ADDRESS), "local": a cluster of our own, even when another one on this
         # machine recorded itself in /tmp/ray (ray.init() with no address would join that one).
         try:
-            ray.init(address=ray_address or "local", log_to_driver=verbose > 0, runtime_env=runtime_env,
-                     **local_options)
+            ray.init(address=ray_address or "local", log_to_driver=verbose > 0, **options)
         except Exception as exc:  # Ray raises a bare Exception when its new local node misses its start-up window
             if ray_address or "timed out during startup" not in str(exc):
                 raise
@@ -58,19 +72,6 @@ def start_ray(ray_address: str | None, num_cpus: int | None, verbose: int) -> bo
                             "work?); run the command again, or start a cluster with `ray start --head` and pass "
                             "--ray-address auto") from None
     return ray.cluster_resources().get("GPU", 0) >= 1
-
-
-def pin_ray_address() -> None:
-    """Ray worker-process setup hook: point this worker's Ray state API at its own cluster (RAY_ADDRESS).
-
-    Ray Train 2.60's placement-group cleaner (a detached actor per trial) asks ``ray.util.state.get_actor`` whether
-    the trial's Train controller is gone, with no address; when a second Ray instance runs on the same machine (two
-    sweeps, a sweep beside a benchmark, a test beside either) that call raises "Found multiple active Ray
-    instances", the cleaner's thread dies, and a trial stopped early never frees its Train workers' placement group:
-    later trials wait for CPUs until --placement-timeout. The state API reads RAY_ADDRESS before guessing, so each
-    worker sets it to the GCS it is connected to (setdefault: an address the user exported wins).
-    """
-    os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
 
 
 def dashboard_port(host: str = "127.0.0.1") -> int:
