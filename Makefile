@@ -14,10 +14,10 @@ STAMP := $(VENV)/.pudm-installed
 # once installed, diffusers imports both in every process that builds a UNet (about 1.5 s each).
 TEST_STAMP := $(VENV)/.pudm-test-installed
 PYTEST_ARGS ?=
-# make test runs the fast tests on two pytest-xdist workers (one torch thread each: tests/conftest.py), then the slow
-# end-to-end ones in one process: those start Ray clusters, and two side by side on 2 cores ran 1.5-2.5x slower each
-# and made one of them fail (docs/performance.md, "Test suite"). Exit status 5 (PYTEST_ARGS selected no test of a
-# tier) is not a failure.
+# make test runs the fast tests, then the slow end-to-end ones (Ray sweeps), each tier on two pytest-xdist workers
+# (module scopes; one torch thread per worker: tests/conftest.py). Fast tier first: its failures show in ~3 minutes.
+# Measured on 2 cores in docs/performance.md, "9. Test suite time". Exit status 5 (PYTEST_ARGS selected no test of
+# a tier) is not a failure.
 PYTEST_WORKERS ?= 2
 
 .PHONY: install run test test-fast clean-venv
@@ -40,7 +40,7 @@ run: $(STAMP)
 
 test: $(TEST_STAMP)
 	$(PY) -m pytest -m "not slow" -n $(PYTEST_WORKERS) --dist loadscope $(PYTEST_ARGS) || test $$? -eq 5
-	$(PY) -m pytest -m slow $(PYTEST_ARGS) || test $$? -eq 5
+	$(PY) -m pytest -m slow -n $(PYTEST_WORKERS) --dist loadscope $(PYTEST_ARGS) || test $$? -eq 5
 
 test-fast: $(TEST_STAMP)
 	$(PY) -m pytest -m "not slow" -n $(PYTEST_WORKERS) --dist loadscope $(PYTEST_ARGS)

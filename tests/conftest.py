@@ -7,10 +7,66 @@ from pathlib import Path
 
 import pytest
 
+# `make test` runs two pytest-xdist workers with `--dist loadscope`: each test module is one unit of work (its module
+# fixtures, e.g. a sweep read by a dozen tests, are built once), except that these modules share a unit because they
+# share a session fixture that runs a whole sweep (pets_sweep_losing_a_node).
+SHARED_SCOPES = {"tests/test_adding_a_split.py": "tests/test_reliability.py"}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """Module scopes (xdist's loadscope), with SHARED_SCOPES joined. (Not loadgroup + xdist_group marks: with pytest
+    9.2 xdist 3.8 no longer sees the groups, pytest-xdist#1386.)"""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return SHARED_SCOPES.get(module, module)
+
+    return ModuleScheduling(config, log)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]):
+    """Modules with the most `slow` tests first (the Ray sweeps, minutes each), each module's tests together, the
+    order otherwise unchanged: under xdist the longest units of work are handed out first and the short ones fill
+    in beside them."""
+    def scope(item: pytest.Item) -> str:
+        module = item.nodeid.split("::", 1)[0]
+        return SHARED_SCOPES.get(module, module)
+
+    slow: dict[str, int] = {}
+    for item in items:
+        slow[scope(item)] = slow.get(scope(item), 0) + (item.get_closest_marker("slow") is not None)
+    items.sort(key=lambda item: -slow[scope(item)])  # stable
+    return (yield)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def ray_dashboard_port_held():
+    """Hold Ray's default dashboard port (127.0.0.1:8265) for the session, so every Ray cluster a test starts takes
+    a port the OS picks (orchestration.cluster.dashboard_port): two xdist workers starting clusters at the same
+    moment would otherwise both see 8265 free and one of them fail. If something already holds it, so much the
+    better."""
+    import socket
+
+    from pudm_bench.orchestration.cluster import DASHBOARD_PORT
+
+    held = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        held.bind(("127.0.0.1", DASHBOARD_PORT))
+    except OSError:
+        pass
+    yield
+    held.close()
+
 
 @pytest.fixture(autouse=True, scope="session")
 def one_torch_thread_per_xdist_worker():
-    """`make test` runs the fast tests on two xdist workers: with torch's default 2 intra-op threads each, they would
+    """`make test` runs the tests on two xdist workers: with torch's default 2 intra-op threads each, they would
     oversubscribe 2 cores, and OpenMP's spinning threads then slow small tensor ops many times over
     (docs/performance.md, item 8). A worker uses one thread and passes that on to the processes it starts."""
     import os
