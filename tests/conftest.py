@@ -8,41 +8,79 @@ from pathlib import Path
 import pytest
 
 # `make test` runs two pytest-xdist workers with `--dist loadscope`: each test module is one unit of work (its module
-# fixtures, e.g. a sweep read by a dozen tests, are built once), except that these modules share a unit because they
-# share a session fixture that runs a whole sweep (pets_sweep_losing_a_node).
-SHARED_SCOPES = {"tests/test_adding_a_split.py": "tests/test_reliability.py"}
+# fixtures, e.g. a sweep read by a dozen tests, are built once), except that tests sharing a session fixture that runs
+# a whole sweep (pets_sweep_losing_a_node) join one unit. Only the node-loss test of test_reliability.py joins
+# test_adding_a_split.py: the module's two driver/worker kills (~220 s) are a unit of their own, which the other
+# worker can run meanwhile.
+SHARED_SCOPES = {
+    "tests/test_reliability.py::test_sweep_completes_when_the_node_running_a_trial_is_lost":
+        "tests/test_adding_a_split.py",
+}
+
+# Seconds the slow tests of each unit take in one process on the 2-core CI machine (pytest --durations, fresh clone,
+# docs/performance.md item 9), fixtures included: the slow tier hands out the longest units first (LPT scheduling;
+# xdist's own order, by number of tests, put a 300 s unit of 4 tests after 1-test units of 90 s). A hint for the
+# order only, never a limit; a unit missing here counts as 1 s per test. Update it when a slow test changes much.
+SLOW_SCOPE_SECONDS = {
+    "tests/test_sweep.py": 240,  # the digits sweep fixture ~115, STL10 ~70, stopping trials ~53
+    "tests/test_reliability.py": 221,  # the driver killed ~114, the failing/killed-worker sweep ~107
+    "tests/test_benchmark.py": 91,
+    "tests/test_adding_a_split.py": 85,  # the pets node-loss sweep, shared with test_reliability.py's check
+    "tests/test_latent.py": 59,
+    "tests/test_placement.py": 42,
+    "tests/test_fid.py": 3,
+}
+
+
+def scope_of(nodeid: str) -> str:
+    """The unit of work a test belongs to: its module, or the unit SHARED_SCOPES joins it to."""
+    module = nodeid.split("::", 1)[0]
+    for prefix, scope in SHARED_SCOPES.items():
+        if nodeid == prefix or nodeid.startswith(prefix + "["):
+            return scope
+    return module
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
-    """Module scopes (xdist's loadscope), with SHARED_SCOPES joined. (Not loadgroup + xdist_group marks: with pytest
-    9.2 xdist 3.8 no longer sees the groups, pytest-xdist#1386.)"""
+    """Module scopes (xdist's loadscope), with SHARED_SCOPES joined, handed out in collection order (sorted below).
+    (Not loadgroup + xdist_group marks: with pytest 9.2 xdist 3.8 no longer sees the groups, pytest-xdist#1386.)"""
     if config.getvalue("dist") != "loadscope":
         return None
     from xdist.scheduler import LoadScopeScheduling
 
+    # xdist would re-sort the units by their number of tests; the collection order below is by cost instead.
+    config.option.loadscopereorder = False
+
     class ModuleScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            module = nodeid.split("::", 1)[0]
-            return SHARED_SCOPES.get(module, module)
+            return scope_of(nodeid)
 
     return ModuleScheduling(config, log)
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]):
-    """Modules with the most `slow` tests first (the Ray sweeps, minutes each), each module's tests together, the
-    order otherwise unchanged: under xdist the longest units of work are handed out first and the short ones fill
-    in beside them."""
-    def scope(item: pytest.Item) -> str:
-        module = item.nodeid.split("::", 1)[0]
-        return SHARED_SCOPES.get(module, module)
-
-    slow: dict[str, int] = {}
+    """The selected tests (after -m and -k) in units of work, most costly unit first, each unit's tests together,
+    the order otherwise unchanged: under xdist the longest units are handed out first and the short ones fill in
+    beside them. A unit with a selected slow test costs its SLOW_SCOPE_SECONDS, any other one test per second (in
+    the fast tier: xdist's own order by number of tests)."""
+    result = yield
+    has_slow: dict[str, bool] = {}
+    count: dict[str, int] = {}
     for item in items:
-        slow[scope(item)] = slow.get(scope(item), 0) + (item.get_closest_marker("slow") is not None)
-    items.sort(key=lambda item: -slow[scope(item)])  # stable
-    return (yield)
+        scope = scope_of(item.nodeid)
+        count[scope] = count.get(scope, 0) + 1
+        has_slow[scope] = has_slow.get(scope, False) or item.get_closest_marker("slow") is not None
+
+    def cost(scope: str) -> float:
+        return SLOW_SCOPE_SECONDS.get(scope, count[scope]) if has_slow[scope] else count[scope]
+
+    first = {}
+    for index, item in enumerate(items):
+        first.setdefault(scope_of(item.nodeid), index)
+    items.sort(key=lambda item: (-cost(scope_of(item.nodeid)), first[scope_of(item.nodeid)]))  # stable
+    return result
 
 
 @pytest.fixture(autouse=True, scope="session")

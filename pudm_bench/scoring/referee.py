@@ -198,7 +198,9 @@ def train_referee(spec: RefereeSpec, data_root: Path | None, download: bool = Fa
     flip = spec.dataset in FLIP_DATASETS
     generator = torch.Generator().manual_seed(spec.seed)
     if log is not None:
-        log(f"training {spec.arch} on {len(x_train):,} images for {epochs} epochs ({epochs * steps_per_epoch:,} steps)")
+        epoch_word = "epoch" if epochs == 1 else "epochs"
+        log(f"training {spec.arch} on {len(x_train):,} images for {epochs} {epoch_word} "
+            f"({epochs * steps_per_epoch:,} steps)")
     last_line = time.perf_counter()
     model.train()
     for epoch in range(epochs):
