@@ -300,6 +300,27 @@ def test_searched_trials_wait_for_the_baseline_and_fine_tune_its_final_model(tmp
     assert failed.suggest("y")["init_from"] is None  # the trial reports the failure (trial.run_trial)
 
 
+def test_a_sweep_that_stops_trials_gives_every_trial_a_process_of_its_own(tmp_path):
+    """Tune 2.60 hands a stopped trial's process to the next trial while the stopped trial's Ray Train run still
+    blocks it: the next trial failed ("Trainable runner reuse requires reset_config()") and the stopped run held its
+    CPUs for Ray Train's 10-minute health timeout (a moasha sweep of 6 trials, benchmarks/perf/sweep_efficiency.py).
+    FIFO sweeps, which stop no trial, keep reusing finished trials' processes."""
+    from pudm_bench.cli.sweep import build_parser, settings_from_args
+    from pudm_bench.orchestration.scheduler import MultiObjectiveASHA
+    from pudm_bench.orchestration.sweep import check_sweep, sweep_tune_config
+
+    def tune_config(*flags):
+        s = settings_from_args(build_parser().parse_args(["--budget", "smoke", "--storage", str(tmp_path), *flags]))
+        _, space, budget = check_sweep(s)
+        return sweep_tune_config(s, space, budget)
+
+    moasha = tune_config("--scheduler", "moasha")
+    assert isinstance(moasha.scheduler, MultiObjectiveASHA) and moasha.reuse_actors is False
+    fifo = tune_config("--rungs", "1/3")  # scored at a rung, never stopped there
+    assert fifo.scheduler is None and fifo.reuse_actors is True
+    assert fifo.num_samples == moasha.num_samples  # the searched trials + the two baselines, either way
+
+
 def test_a_warm_started_trial_trains_a_fraction_of_the_budget_from_the_baseline():
     from pudm_bench.data.splits import get_split
     from pudm_bench.orchestration.trial import warm_start_config

@@ -133,6 +133,24 @@ def _number_or_nan(value: Any) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
 
 
+def sweep_tune_config(settings: SweepSettings, space: SearchSpace, budget: Budget) -> tune.TuneConfig:
+    """Tune's settings for the sweep: the Optuna searcher, the scheduler (None: FIFO; moasha: stops trials at rungs,
+    scheduler.py), the trial count with the baselines, and whether a new trial may reuse a finished one's process."""
+    scheduler = make_scheduler(settings)
+    return tune.TuneConfig(
+        # metric/mode stay unset here: setting them would silently make the study single-objective.
+        search_alg=make_searcher(settings, space, budget),
+        scheduler=scheduler,
+        num_samples=settings.trials + (len(BASELINE_METHODS) if settings.baselines else 0),
+        max_concurrent_trials=settings.max_concurrent,
+        # A new trial reuses a finished one's process (~4 s less start-up each), but only when no trial is ever
+        # stopped: Tune 2.60 hands a stopped trial's process to the next trial while the stopped trial's Ray Train
+        # run still blocks it (its controller waits to report into it), the next trial fails with "Trainable runner
+        # reuse requires reset_config()", and the stopped run holds its CPUs until Ray Train's 10-minute worker
+        # health timeout (seen with --scheduler moasha: docs/performance.md, "Sweep efficiency").
+        reuse_actors=scheduler is None)
+
+
 def run_sweep(settings: SweepSettings, resume: bool, ray_address: str | None, num_cpus: int | None = None,
               verbose: int = 1) -> dict[str, Any]:
     """Run (or resume) one sweep; returns the ``FrontSummary`` as "summary", the wall time and where it was
@@ -180,13 +198,7 @@ def run_sweep(settings: SweepSettings, resume: bool, ray_address: str | None, nu
     start = time.perf_counter()
     records = fit_tuner(
         trainable, settings.run_dir, resume=resume,
-        tune_config=lambda: tune.TuneConfig(
-            # metric/mode stay unset here: setting them would silently make the study single-objective.
-            search_alg=make_searcher(settings, space, budget),
-            scheduler=make_scheduler(settings),  # None: FIFO; moasha: stops trials at rungs (scheduler.py)
-            num_samples=settings.trials + (len(BASELINE_METHODS) if settings.baselines else 0),
-            max_concurrent_trials=settings.max_concurrent,
-            reuse_actors=True),  # a new trial reuses a finished one's process: ~4 s less start-up each
+        tune_config=lambda: sweep_tune_config(settings, space, budget),
         callback=TrackingCallback(settings.mlflow_uri, settings.experiment, settings.name, parent_id, space.method,
                                   fixed=space.fixed),
         mlflow_uri=settings.mlflow_uri, max_failures=settings.max_failures, verbose=verbose)
