@@ -23,7 +23,7 @@ from mlflow import MlflowClient
 from PIL import Image
 
 from pudm_bench.cli import benchmark
-from pudm_bench.orchestration.cluster import STATE_API_ENV, TRAIN_ENV, dashboard_port
+from pudm_bench.orchestration.cluster import LOCAL_TRAIN_ENV, STATE_API_ENV, TRAIN_ENV, dashboard_port
 from pudm_bench.orchestration.settings import BenchmarkSettings
 from pudm_bench.search.pareto import summarize
 from pudm_bench.search.suites import load_suite
@@ -131,7 +131,7 @@ def isolate_start_ray_env(monkeypatch) -> None:
     """start_ray sets these in its own process for the cluster it starts: unset during the test, and after it as
     they were before (monkeypatch.delenv alone would not remove a variable that was absent before the test)."""
     for name in ("RAY_USAGE_STATS_ENABLED", "TUNE_DISABLE_STRICT_METRIC_CHECKING", "TUNE_GLOBAL_CHECKPOINT_S",
-                 "RAY_AUTH_MODE", "RAY_ADDRESS", STATE_API_ENV, *TRAIN_ENV):
+                 "RAY_AUTH_MODE", "RAY_ADDRESS", STATE_API_ENV, *TRAIN_ENV, *LOCAL_TRAIN_ENV):
         monkeypatch.setenv(name, "")  # records the value before the test, or its absence
         monkeypatch.delenv(name)
 

@@ -11,13 +11,14 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from pudm_bench.cli import sweep
 from pudm_bench.data.splits import load_split_file
-from pudm_bench.errors import ConfigError
+from pudm_bench.errors import ConfigError, PudmError
 from pudm_bench.orchestration import callbacks, cluster
 from pudm_bench.orchestration import settings as run_settings
 from pudm_bench.search.space import load_search_space
@@ -45,13 +46,15 @@ def test_a_local_ray_cluster_binds_its_dashboard_to_localhost(monkeypatch):
     isolate_start_ray_env(monkeypatch)
     seen = {}
     monkeypatch.setattr(cluster.ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(cluster.ray, "init", lambda **kwargs: seen.update(kwargs))
+    monkeypatch.setattr(cluster.ray, "init", lambda **kwargs: seen.update(kwargs) or SimpleNamespace(dashboard_url="x"))
     monkeypatch.setattr(cluster.ray, "cluster_resources", lambda: {"CPU": 2.0})
     cluster.start_ray(None, 2, 0)
     assert seen["dashboard_host"] == "127.0.0.1" and seen["address"] == "local"  # never another cluster
     # The cluster's processes (they inherit this environment) ask that dashboard, and no other Ray instance on the
     # machine, for the state of actors (Ray Train's placement-group cleaner: docs/reliability.md).
     assert os.environ[cluster.STATE_API_ENV] == f"http://127.0.0.1:{seen['dashboard_port']}"
+    # ... and no Train run of it starts a preemption watcher: nobody drains the one node of a local cluster.
+    assert os.environ["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "0"
 
 
 @pytest.mark.parametrize("address, pinned", [("10.0.0.5:6379", "10.0.0.5:6379"), ("auto", None),
@@ -62,13 +65,43 @@ def test_a_joined_clusters_jobs_ask_that_cluster_for_actor_state(monkeypatch, ad
     isolate_start_ray_env(monkeypatch)
     seen = {}
     monkeypatch.setattr(cluster.ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(cluster.ray, "init", lambda **kwargs: seen.update(kwargs))
+    monkeypatch.setattr(cluster.ray, "init", lambda **kwargs: seen.update(kwargs) or SimpleNamespace(dashboard_url=None))
     monkeypatch.setattr(cluster.ray, "cluster_resources", lambda: {"CPU": 2.0})
-    cluster.start_ray(address, None, 0)
+    cluster.start_ray(address, None, 0)  # a joined cluster's dashboard is its owner's business: no retry, no refusal
     env_vars = seen["runtime_env"]["env_vars"]
     assert env_vars.get("RAY_ADDRESS") == pinned
     assert env_vars["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == cluster.TRAIN_ENV["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"]
     assert cluster.STATE_API_ENV not in os.environ  # a local cluster's dashboard address is not for a joined one
+    # A joined cluster's nodes may be preemptible: Ray Train keeps its preemption watcher there.
+    assert "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER" not in os.environ and "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER" not in env_vars
+
+
+def test_a_local_dashboard_that_failed_to_start_is_started_again_on_a_fresh_port_then_refused(monkeypatch):
+    """ray.init only logs when the dashboard fails (its port taken by a dying cluster's dashboard, 2026-12-07):
+    without it a stopped trial never frees its CPUs. start_ray tries once more on a fresh port, pointing the
+    cluster's processes at it, and refuses in one line if that fails too."""
+    isolate_start_ray_env(monkeypatch)
+    calls, shutdowns, free_ports = [], [], iter([41001, 41002, 41003, 41004])
+    urls = iter([None, "127.0.0.1:41002", None, None])
+    monkeypatch.setattr(cluster, "dashboard_port", lambda host="127.0.0.1": next(free_ports))
+    monkeypatch.setattr(cluster.ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(cluster.ray, "init", lambda **kw: calls.append(kw) or SimpleNamespace(dashboard_url=next(urls)))
+    monkeypatch.setattr(cluster.ray, "shutdown", lambda: shutdowns.append(1))
+    monkeypatch.setattr(cluster.ray, "cluster_resources", lambda: {"CPU": 2.0})
+    cluster.start_ray(None, 2, 0)
+    assert [c["dashboard_port"] for c in calls] == [41001, 41002] and len(shutdowns) == 1
+    assert os.environ[cluster.STATE_API_ENV] == "http://127.0.0.1:41002"  # the processes ask the dashboard that runs
+    with pytest.raises(PudmError, match="dashboard did not start") as refused:
+        cluster.start_ray(None, 2, 0)
+    assert "\n" not in str(refused.value) and len(shutdowns) == 3  # no cluster left behind
+
+
+def test_the_train_variables_the_sweep_sets_are_the_ones_ray_train_reads():
+    """Ray Train reads these names (a rename in a Ray upgrade would silently undo the settings above)."""
+    from ray.train.v2._internal import constants
+
+    assert set(cluster.TRAIN_ENV) | set(cluster.LOCAL_TRAIN_ENV) == {constants.HEALTH_CHECK_INTERVAL_S_ENV_VAR,
+                                                                    constants.ENABLE_PREEMPTION_WATCHER_ENV_VAR}
 
 
 def test_a_second_local_cluster_gets_another_dashboard_port(monkeypatch):

@@ -66,6 +66,12 @@ def run_part(arm: str, seed: int, args: argparse.Namespace, extra: list[str]) ->
     if done.returncode != 0:
         raise SystemExit(f"{arm} seed {seed} failed:\n{done.stderr[-3000:]}")
     result = {"arm": arm, "seed": seed, "wall_s": wall, "resumed": bool(resume), "trials": read_trials(uri, name, out)}
+    # A sweep stopped with Ctrl+C ends gracefully (exit status 0) with fewer trials: not a finished part.
+    wanted = int(ARMS[arm](args.trials)[1])
+    searched = sum(t["role"] == "search" and t["status"] in ("TERMINATED", "STOPPED") for t in result["trials"])
+    if searched < wanted:
+        raise SystemExit(f"{arm} seed {seed}: {searched} of {wanted} searched trials finished (stopped?); "
+                         "run again to resume it")
     part.parent.mkdir(parents=True, exist_ok=True)
     part.write_text(json.dumps(result, indent=1, default=str))
     return result
@@ -133,10 +139,12 @@ def rung_correlations(parts: list[dict]) -> list[dict]:
     metrics = sorted({k[len("rung_"):] for t in trials for k in t["rungs"]} & {RATE, "fd_per_class", "fid",
                                                                              "fd_classifier", "recall"})
     for metric in metrics:
-        steps = sorted({s for t in trials for s in t["rungs"].get(f"rung_{metric}", {})})
+        # By step as a number: a part read back from JSON has its steps as strings ("200" sorts before "67").
+        curves = [{int(s): v for s, v in t["rungs"].get(f"rung_{metric}", {}).items()} for t in trials]
+        steps = sorted({s for curve in curves for s in curve})
         for rung, step in enumerate(steps):
-            pairs = [(t["rungs"][f"rung_{metric}"][step], t["final"].get(metric)) for t in trials
-                     if step in t["rungs"].get(f"rung_{metric}", {}) and t["final"].get(metric) is not None]
+            pairs = [(curve[step], t["final"].get(metric)) for t, curve in zip(trials, curves)
+                     if step in curve and t["final"].get(metric) is not None]
             pairs = [(a, b) for a, b in pairs if math.isfinite(a) and math.isfinite(b)]
             if len(pairs) >= 3:
                 rho = spearmanr([a for a, _ in pairs], [b for _, b in pairs]).statistic

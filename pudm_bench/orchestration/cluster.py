@@ -20,6 +20,13 @@ DASHBOARD_PORT = 8265  # Ray's default
 # Polling every 0.5 s costs the controller one small RPC per poll. Measured in docs/performance.md.
 TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
 
+# Ray Train 2.60 starts a PreemptionWatcher actor beside every trial's workers: it polls Ray for nodes being drained
+# (spot instances) so a preempted worker group is reported as such. A local cluster of our own is one machine that
+# nobody drains, so there the actor is one more Ray process per trial (started and torn down on the same 2 cores as
+# the training) and the source of a `core_worker.cc ... 'PreemptionWatcher' ... max_restarts > 0` error line per
+# trial in the console. A joined cluster keeps Ray's default: its nodes may be preemptible.
+LOCAL_TRAIN_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+
 # Ray Train 2.60's placement-group cleaner (a detached actor per trial) asks ``ray.util.state`` whether the trial's
 # Train controller is gone, without an address; with a second Ray instance on the machine (two sweeps, a sweep beside
 # a benchmark, a test beside either) that call raised "Found multiple active Ray instances", the cleaner died, and a
@@ -54,6 +61,8 @@ def start_ray(ray_address: str | None, num_cpus: int | None, verbose: int) -> bo
             options = {"num_cpus": num_cpus, "dashboard_host": "127.0.0.1", "dashboard_port": port}
             # Every process of a local cluster inherits this environment: their state API asks our dashboard.
             os.environ[STATE_API_ENV] = f"http://127.0.0.1:{port}"
+            for name, value in LOCAL_TRAIN_ENV.items():
+                os.environ.setdefault(name, value)
         else:
             env_vars = {name: os.environ[name] for name in TRAIN_ENV}
             if ":" in ray_address and "://" not in ray_address:  # a GCS address (host:port), not "auto" or ray://
@@ -61,17 +70,36 @@ def start_ray(ray_address: str | None, num_cpus: int | None, verbose: int) -> bo
             options = {"runtime_env": {"env_vars": env_vars}}
         # Without --ray-address (or RAY_ADDRESS), "local": a cluster of our own, even when another one on this
         # machine recorded itself in /tmp/ray (ray.init() with no address would join that one).
-        try:
-            ray.init(address=ray_address or "local", log_to_driver=verbose > 0, **options)
-        except Exception as exc:  # Ray raises a bare Exception when its new local node misses its start-up window
-            if ray_address or "timed out during startup" not in str(exc):
-                raise
-            # Ray gives a new local node a fixed 30 s to register with its GCS; on a machine busy with other work
-            # (seen on a 2-core VM running a benchmark) that can pass. One line, not Ray's traceback.
-            raise PudmError("Ray's local node did not start within Ray's 30 s window (is the machine busy with other "
-                            "work?); run the command again, or start a cluster with `ray start --head` and pass "
-                            "--ray-address auto") from None
+        context = _init(ray_address, verbose, options)
+        # A local dashboard that failed to start (its port taken between dashboard_port's probe and the bind, seen
+        # while another cluster's dashboard was still shutting down) leaves Ray running without it: ray.init only logs
+        # an error. Without the state API the placement-group cleaner never frees a stopped trial's CPUs, and a
+        # --scheduler moasha sweep waits for them forever. One more try on a fresh port, then a one-line refusal.
+        if local and not context.dashboard_url:
+            ray.shutdown()
+            options["dashboard_port"] = port = dashboard_port()
+            os.environ[STATE_API_ENV] = f"http://127.0.0.1:{port}"
+            context = _init(ray_address, verbose, options)
+            if not context.dashboard_url:
+                ray.shutdown()
+                raise PudmError("Ray's dashboard did not start on 127.0.0.1 (twice; its log: "
+                                "/tmp/ray/session_latest/logs/dashboard.log); the sweep needs it to free the CPUs of "
+                                "trials it stops. Run the command again once other Ray instances have stopped")
     return ray.cluster_resources().get("GPU", 0) >= 1
+
+
+def _init(ray_address: str | None, verbose: int, options: dict):
+    """``ray.init`` with a one-line error when a new local node misses Ray's start-up window."""
+    try:
+        return ray.init(address=ray_address or "local", log_to_driver=verbose > 0, **options)
+    except Exception as exc:  # Ray raises a bare Exception when its new local node misses its start-up window
+        if ray_address or "timed out during startup" not in str(exc):
+            raise
+        # Ray gives a new local node a fixed 30 s to register with its GCS; on a machine busy with other work
+        # (seen on a 2-core VM running a benchmark) that can pass. One line, not Ray's traceback.
+        raise PudmError("Ray's local node did not start within Ray's 30 s window (is the machine busy with other "
+                        "work?); run the command again, or start a cluster with `ray start --head` and pass "
+                        "--ray-address auto") from None
 
 
 def dashboard_port(host: str = "127.0.0.1") -> int:
