@@ -67,7 +67,8 @@ def run_part(arm: str, seed: int, args: argparse.Namespace, extra: list[str]) ->
         raise SystemExit(f"{arm} seed {seed} failed:\n{done.stderr[-3000:]}")
     result = {"arm": arm, "seed": seed, "wall_s": wall, "resumed": bool(resume), "trials": read_trials(uri, name, out)}
     # A sweep stopped with Ctrl+C ends gracefully (exit status 0) with fewer trials: not a finished part.
-    wanted = int(ARMS[arm](args.trials)[1])
+    flags = ARMS[arm](args.trials)
+    wanted = int(flags[flags.index("--trials") + 1])
     searched = sum(t["role"] == "search" and t["status"] in ("TERMINATED", "STOPPED") for t in result["trials"])
     if searched < wanted:
         raise SystemExit(f"{arm} seed {seed}: {searched} of {wanted} searched trials finished (stopped?); "
