@@ -64,19 +64,55 @@ def test_crowding_distance_by_hand():
     assert distance["r"] == pytest.approx((3 - 1) / 3 + (2 - 0) / 3)
 
 
-def test_rank_puts_fronts_first_then_crowding_then_infeasible_then_unscored():
+def test_rank_puts_feasible_fronts_first_then_infeasible_ones_by_their_objectives_then_unscored():
     entries = {
         "dominated": {"values": [0.80, 20.0], "violation": 0.0},
         "left": {"values": [0.90, 10.0], "violation": 0.0},   # front 1, extreme (best fd)
         "mid": {"values": [0.94, 12.0], "violation": 0.0},    # front 1, middle
         "right": {"values": [0.99, 15.0], "violation": 0.0},  # front 1, extreme (best rate)
         "broken": {"values": [1.00, 1.0], "violation": 0.5},  # best on both, but breaks a constraint
-        "less_broken": {"values": [0.5, 50.0], "violation": 0.1},
+        "less_broken": {"values": [0.5, 50.0], "violation": 0.1},  # closer to feasible, but dominated by "broken"
         "nan": {"values": [math.nan, 5.0], "violation": 0.0},
     }
     order = rank_trials(entries, ["max", "min"])
     assert order[:2] == ["left", "right"]  # infinite crowding distance, arrival order between them
-    assert order[2:] == ["mid", "dominated", "less_broken", "broken", "nan"]
+    assert order[2:] == ["mid", "dominated", "broken", "less_broken", "nan"]
+
+
+def test_within_a_front_the_smaller_violation_goes_first():
+    entries = {"far": {"values": [0.90, 10.0], "violation": 3.4},
+               "near": {"values": [0.95, 12.0], "violation": 1.0}}  # trade off: one front of two
+    assert rank_trials(entries, ["max", "min"]) == ["near", "far"]
+
+
+def test_rates_within_each_others_interval_tie_and_quality_decides():
+    # Exact comparison: 1.00 vs 0.99 make a front of two, and arrival order keeps the worse quality first.
+    exact = {"first": {"values": [1.00, 34.2], "violation": 0.0}, "second": {"values": [0.99, 26.9], "violation": 0.0}}
+    assert rank_trials(exact, ["max", "min"]) == ["first", "second"]
+    # With their 95% intervals (100 samples: overlapping), the rates are equal and the better quality dominates.
+    noisy = {"first": {**exact["first"], "intervals": [[0.963, 1.0], None]},
+             "second": {**exact["second"], "intervals": [[0.946, 0.998], None]}}
+    assert rank_trials(noisy, ["max", "min"]) == ["second", "first"]
+    # Intervals that do not overlap keep the rates apart: a trade-off again, arrival order.
+    apart = {"first": {**exact["first"], "intervals": [[0.963, 1.0], None]},
+             "second": {**exact["second"], "intervals": [[0.90, 0.95], None]}}
+    assert rank_trials(apart, ["max", "min"]) == ["first", "second"]
+
+
+def test_the_measured_step_200_rung_now_keeps_the_trial_with_the_best_end():
+    # digits_even seed 0 (docs/performance.md item 10), step 200 of 600: all three searched trials there break the
+    # default constraints by 1.0 (one class under half its share on 100 samples). Ranked by violation alone they tied
+    # and arrival order stopped cd35 (final fd_per_class 9.55, FIFO's best) in favour of 7903 (final 14.36).
+    coverage = parse_constraint("coverage_missing<=0", METRIC_DIRECTIONS)
+    table = RungTable(RATE_FD, reduction_factor=3, constraints=(coverage,))
+    rung = {"7903": (1.00, 0.963, 1.000, 34.2), "8140": (0.99, 0.946, 0.998, 33.9), "cd35": (0.95, 0.888, 0.978, 26.9)}
+    decisions = {t: table.decide(t, 1, scores(r, fd, non_sensitive_rate_ci_low=lo, non_sensitive_rate_ci_high=hi,
+                                                coverage_missing=1))
+                 for t, (r, lo, hi, fd) in rung.items()}
+    assert decisions == {"7903": True, "8140": True, "cd35": True}  # each arrives best so far on quality
+    assert table.rungs[1]["cd35"]["intervals"] == [[0.888, 0.978], None]
+    assert table.decide("late_worse", 1, scores(1.0, 40.0, non_sensitive_rate_ci_low=0.963,
+                                                non_sensitive_rate_ci_high=1.0, coverage_missing=1)) is False
 
 
 # ---------------------------------------------------------------------------------- decisions at a rung
