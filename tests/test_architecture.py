@@ -127,3 +127,17 @@ def test_no_test_module_imports_another():
             offenders += [f"{path.relative_to(tests)}: {n}" for n in names
                           if n.startswith("tests.") and n.rpartition(".")[2].startswith("test_")]
     assert offenders == []
+
+
+def test_the_processes_that_only_pass_configs_on_skip_the_heavy_imports():
+    # Tune's trial process and Ray Train's controller import orchestration.trial / .worker once per trial (the
+    # controller to unpickle the train function): diffusers (with torch._dynamo), scipy.stats and the referee
+    # cost seconds there and are only needed inside the training worker (docs/performance.md item 5).
+    import subprocess
+    import sys
+
+    heavy = ("diffusers", "scipy.stats", "pudm_bench.scoring.referee", "pudm_bench.scoring.fid", "mlflow")
+    code = ("import sys, pudm_bench.orchestration.trial, pudm_bench.orchestration.worker; "
+            f"print(','.join(m for m in {heavy!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from scipy.stats import binomtest
 
 from pudm_bench.data.build import BuiltSplit, build_split
 from pudm_bench.data.splits import QUALITY_METRICS, get_split
@@ -88,6 +87,10 @@ def wilson_interval(successes: int, n: int) -> tuple[float, float]:
     p +- z*se it stays inside [0, 1] and is sensible at p = 0 or 1 (where non-sensitive rates of good models live)."""
     if n == 0:
         return (0.0, 1.0)
+    # Imported here: scipy.stats costs about 1 s, and every process that only passes configs on (Tune's trial
+    # process, Ray Train's controller) imports this module through orchestration.worker, once per trial.
+    from scipy.stats import binomtest
+
     ci = binomtest(int(successes), int(n)).proportion_ci(confidence_level=0.95, method="wilson")
     return (float(ci.low), float(ci.high))
 
