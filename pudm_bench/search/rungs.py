@@ -13,7 +13,8 @@ by non-dominated sorting instead. Here:
    their total violation as Deb's rule would: on a rung's small sample set early models break the default
    constraints almost always (measured, docs/performance.md item 10: every trial at step 67 of 600 missed a class
    on 100 samples, 5 of 6 met every constraint at the end), so the violation ranked noise while the quality score
-   predicted the final one (Spearman 0.94); the violation breaks ties within a front;
+   ranked closer to the final order (Spearman 0.94 on that seed, 0.54 over three); the violation breaks ties
+   within a front;
 3. ties within a front by **crowding distance** (NSGA-II), largest first: a front's extremes (the trial that
    suppresses most, the one with the best quality) have infinite distance and always go on first, then the trials
    in its sparsest stretches. Chosen over MOASHA's epsilon-net because it is deterministic, standard, needs no
